@@ -1,0 +1,41 @@
+r"""fbp — functional backpropagation in JAX, every rule written by hand.
+
+The convention, stated once:
+
+* A layer is ``f(params, x) -> y``; an activation is ``f(z) -> h``; a loss is
+  ``f(prediction_or_logits, target) -> scalar``, the mean over the batch (the tutorial's 1/m).
+* ``x`` has shape ``(..., n_in)``: any leading batch dimensions, features last.  One example
+  is ``(n_in,)``, so ``jax.vmap`` over examples works and a batch ``(m, n_in)`` is one matmul.
+* ``W`` is ``(n_out, n_in)`` as in the tutorial: per example ``z = W x + b``, for a batch
+  ``Z = X Wᵀ + b``; the rules read ``W̄ = δᵀ A``, ``b̄ = Σ δ``, ``x̄ = δ W``.
+* Params are NamedTuples (``Dense(W, b)``), so optax and ``jax.tree_util`` see them as they are.
+
+Every op is a public function that validates its inputs and calls a private
+``jax.custom_vjp`` whose backward is the hand-derived formula in its docstring.
+"""
+
+from fbp.activations import gelu, leaky_relu, relu, sigmoid, softmax, tanh
+from fbp.linear import Dense, dense, init_dense
+from fbp.losses import bce, bce_with_logits, mse, softmax_cross_entropy
+from fbp.mlp import Backprop, backprop, init_mlp, mlp, mlp_loss
+
+__all__ = [
+    "Backprop",
+    "Dense",
+    "backprop",
+    "bce",
+    "bce_with_logits",
+    "dense",
+    "gelu",
+    "init_dense",
+    "init_mlp",
+    "leaky_relu",
+    "mlp",
+    "mlp_loss",
+    "mse",
+    "relu",
+    "sigmoid",
+    "softmax",
+    "softmax_cross_entropy",
+    "tanh",
+]

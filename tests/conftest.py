@@ -1,0 +1,21 @@
+"""Strict numerics for every test: float64 available, rank promotion an error.
+
+Rank promotion raising means a broadcasting slip in a hand-written rule (a (n,) bias
+gradient added to an (m, n) array by accident) fails loudly instead of silently.
+"""
+
+import os
+
+import jax
+from hypothesis import HealthCheck, settings
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+settings.register_profile(
+    "fbp",
+    max_examples=int(os.environ.get("FBP_HYPOTHESIS_EXAMPLES", "15")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("fbp")
