@@ -24,3 +24,6 @@ check: $(STAMP)
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .ruff_cache .hypothesis
+
+experiments: $(STAMP)
+	$(BIN)/python -m experiments
