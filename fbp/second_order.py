@@ -154,9 +154,10 @@ def hvp(params, x, y, v, activation="sigmoid", loss="bce_with_logits", *,
     act = resolve_activation(activation)
     loss_fn = resolve_loss(loss)
     if act not in SECOND_DERIVATIVES:
-        raise ValueError(f"hvp knows σ'' for {', '.join(ACTIVATIONS)}; got {activation!r}.")
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)} (hvp knows their "
+                         f"σ''); got {activation!r}.")
     if loss_fn not in DELTAS:
-        raise ValueError(f"hvp starts from the losses {', '.join(LOSSES)}; got {loss!r}.")
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)} for hvp; got {loss!r}.")
     v = _check_direction(params, v)
     sigma_prime, sigma_second = DERIVATIVES[act], SECOND_DERIVATIVES[act]
     x = float_array(x, "x", min_rank=1)
@@ -166,7 +167,7 @@ def hvp(params, x, y, v, activation="sigmoid", loss="bce_with_logits", *,
     zs, hs, r_zs, acts, r_acts = [], [], [], [x], [jnp.zeros_like(x)]
     for (W, b), (V, c), skip in zip(params[:-1], v[:-1], skips, strict=True):
         z = dense(Dense(W, b), acts[-1])
-        r_z = r_acts[-1] @ W.T + acts[-1] @ V.T + c
+        r_z = r_acts[-1] @ W.T + dense(Dense(V, c), acts[-1])
         h = act(z)
         r_h = sigma_prime(z, h) * r_z
         zs.append(z)
@@ -176,7 +177,7 @@ def hvp(params, x, y, v, activation="sigmoid", loss="bce_with_logits", *,
         r_acts.append(r_acts[-1] + r_h if skip else r_h)
     (W, b), (V, c) = params[-1], v[-1]
     logits = dense(Dense(W, b), acts[-1])
-    r_logits = r_acts[-1] @ W.T + acts[-1] @ V.T + c
+    r_logits = r_acts[-1] @ W.T + dense(Dense(V, c), acts[-1])
     loss_fn(logits, y)  # validates y exactly as the loss does
 
     # backward and backward R-pass: R of each line of the δ recursion
