@@ -86,6 +86,11 @@ def dense(params: Dense, x):
     Returns:
       z of shape ``(..., n_out)``.
     """
+    return _dense(*validate_dense(params, x))
+
+
+def validate_dense(params, x):
+    """``(Dense(W, b), x)`` as arrays after the checks ``dense`` (and its forward twin) make."""
     if not (isinstance(params, tuple) and len(params) == 2):
         raise TypeError(f"params must be Dense(W, b); got {type(params).__name__}.")
     W = float_array(params[0], "W", min_rank=2)
@@ -103,4 +108,4 @@ def dense(params: Dense, x):
             f"got x of shape {x.shape}{hint}."
         )
     same_dtype(W=W, b=b, x=x)
-    return _dense(Dense(W, b), x)
+    return Dense(W, b), x

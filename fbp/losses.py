@@ -87,6 +87,12 @@ def bce_with_logits(logits, y):
 
 # ── binary cross-entropy on probabilities (the tutorial's unfused rule) ──
 
+def bce_delta(y_hat, y):
+    """(∂L/∂ŷ, ∂L/∂y) of the mean BCE on probabilities."""
+    n = _count(y_hat)
+    return (-y / y_hat + (1 - y) / (1 - y_hat)) / n, -(jnp.log(y_hat) - jnp.log1p(-y_hat)) / n
+
+
 @jax.custom_vjp
 def _bce(y_hat, y):
     return -jnp.mean(xlogy(y, y_hat) + xlogy(1 - y, 1 - y_hat))
@@ -98,10 +104,8 @@ def _bce_fwd(y_hat, y):
 
 def _bce_bwd(res, g):
     y_hat, y = res
-    n = _count(y_hat)
-    y_hat_bar = g * (-y / y_hat + (1 - y) / (1 - y_hat)) / n
-    y_bar = -g * (jnp.log(y_hat) - jnp.log1p(-y_hat)) / n
-    return y_hat_bar, y_bar
+    y_hat_bar, y_bar = bce_delta(y_hat, y)
+    return g * y_hat_bar, g * y_bar
 
 
 _bce.defvjp(_bce_fwd, _bce_bwd)
@@ -198,6 +202,14 @@ def softmax_cross_entropy(logits, labels):
     Returns:
       the mean loss, a scalar.
     """
+    z, labels = validate_softmax_cross_entropy(logits, labels)
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        return _sce_labels(z, labels)
+    return _sce_soft(z, labels)
+
+
+def validate_softmax_cross_entropy(logits, labels):
+    """``(z, labels)`` as arrays after the checks ``softmax_cross_entropy`` (and its twin) make."""
     z = float_array(logits, "logits", min_rank=1)
     labels = jnp.asarray(labels)
     if jnp.issubdtype(labels.dtype, jnp.integer):
@@ -213,7 +225,7 @@ def softmax_cross_entropy(logits, labels):
                     f"labels must lie in [0, {z.shape[-1]}) for {z.shape[-1]} classes; "
                     f"got values in [{lo}, {hi}]."
                 )
-        return _sce_labels(z, labels)
+        return z, labels
     t = float_array(labels, "labels")
     if t.shape != z.shape:
         raise ValueError(
@@ -222,7 +234,7 @@ def softmax_cross_entropy(logits, labels):
         )
     if t.dtype != z.dtype:
         raise TypeError(f"labels must have the dtype of logits ({z.dtype}); got {t.dtype}.")
-    return _sce_soft(z, t)
+    return z, t
 
 
 # ── mean squared error ──
