@@ -90,6 +90,13 @@ def _r_output_delta(loss_fn, z, y, r_z):
     return r_delta * jnp.sum(y, axis=-1, keepdims=True)
 
 
+def _check_plain(params) -> None:
+    """params of a plain MLP: a list of Dense(W, b), no normalisation layers."""
+    if _check_params(params) is not None:
+        raise ValueError("params must be a list of plain Dense(W, b): hvp covers MLPs without "
+                         "normalisation layers (build them with init_mlp(..., norm=None)).")
+
+
 def _check_direction(params, v):
     """v must be a pytree of exactly params' structure, shapes and dtypes."""
     p_leaves, p_tree = jax.tree.flatten(params)
@@ -150,7 +157,7 @@ def hvp(params, x, y, v, activation="sigmoid", loss="bce_with_logits", *,
     Returns:
       H v as a list of ``Dense`` shaped like params.
     """
-    _check_params(params)
+    _check_plain(params)
     act = resolve_activation(activation)
     loss_fn = resolve_loss(loss)
     if act not in SECOND_DERIVATIVES:
@@ -220,7 +227,7 @@ def hessian(params, x, y, activation="sigmoid", loss="bce_with_logits", *,
     Returns:
       H, a ``(P, P)`` array in the order of ``jax.flatten_util.ravel_pytree(params)``.
     """
-    _check_params(params)
+    _check_plain(params)
     flat, unravel = ravel_pytree(params)
 
     def column(e):
