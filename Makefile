@@ -27,3 +27,6 @@ clean:
 
 experiments: $(STAMP)
 	$(BIN)/python -m experiments
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
