@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from fbp import activations as _act
 from fbp import linear as _lin
@@ -41,7 +42,7 @@ from fbp.activations import (
     softmax_vjp,
     tanh_grad,
 )
-from fbp.linear import validate_dense
+from fbp.linear import Dense, validate_dense
 from fbp.losses import (
     _batch_count,
     _count,
@@ -205,19 +206,31 @@ def softmax(z):
 
 # ── dense: bilinear in (params, x), so the tangent is the product rule ──
 
+def _is_zero(t) -> bool:
+    return isinstance(t, SymbolicZero)
+
+
+def _instantiate(t):
+    return jnp.zeros(t.shape, t.dtype) if _is_zero(t) else t
+
+
 _dense = jax.custom_jvp(_lin._dense.__wrapped__)
 
 
 def _dense_jvp(primals, tangents):
-    (params, x), (params_dot, x_dot) = primals, tangents
+    (params, x), ((W_dot, b_dot), x_dot) = primals, tangents
     W, _ = params
     z = _dense(params, x)
-    # ż = (Ẇ x + ḃ) + W ẋ : the layer itself applied to the tangent params, plus ẋ through W
-    z_dot = _dense.__wrapped__(params_dot, x) + x_dot @ W.T
+    z_dot = jnp.zeros_like(z) if _is_zero(x_dot) else x_dot @ W.T           # W ẋ
+    if not (_is_zero(W_dot) and _is_zero(b_dot)):                           # + Ẇ x + ḃ: the
+        z_dot = z_dot + _dense.__wrapped__(                                 # layer itself on
+            Dense(_instantiate(W_dot), _instantiate(b_dot)), x)             # (Ẇ, ḃ)
     return z, z_dot
 
 
-_dense.defjvp(_dense_jvp)
+# symbolic_zeros: a tangent JAX knows is zero (an input held fixed, e.g. the weights when
+# jacfwd differentiates in x) arrives as a SymbolicZero and its matmul is skipped.
+_dense.defjvp(_dense_jvp, symbolic_zeros=True)
 
 
 def dense(params, x):
