@@ -28,5 +28,11 @@ clean:
 experiments: $(STAMP)
 	$(BIN)/python -m experiments
 
+# one experiment alone: `make xor` runs `python -m experiments.xor` (add QUICK=--quick)
+EXPERIMENT_TARGETS := xor activations stability cost accumulation
+.PHONY: $(EXPERIMENT_TARGETS)
+$(EXPERIMENT_TARGETS): $(STAMP)
+	$(BIN)/python -m experiments.$@ $(QUICK)
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
