@@ -15,20 +15,25 @@ Every op is a public function that validates its inputs and calls a private
 """
 
 from fbp.activations import gelu, leaky_relu, relu, sigmoid, softmax, tanh
+from fbp.check import VJPCheckError, VJPReport, check_vjp
 from fbp.linear import Dense, dense, init_dense
 from fbp.losses import bce, bce_with_logits, mse, softmax_cross_entropy
 from fbp.mlp import Backprop, backprop, init_mlp, mlp, mlp_loss
+from fbp.numerical import numerical_grad, numerical_vjp, rel_error
 from fbp.train import FitResult, accumulate_grads, backprop_grad_fn, fit
 
 __all__ = [
     "Backprop",
     "Dense",
     "FitResult",
+    "VJPCheckError",
+    "VJPReport",
     "accumulate_grads",
     "backprop",
     "backprop_grad_fn",
     "bce",
     "bce_with_logits",
+    "check_vjp",
     "dense",
     "fit",
     "gelu",
@@ -38,6 +43,9 @@ __all__ = [
     "mlp",
     "mlp_loss",
     "mse",
+    "numerical_grad",
+    "numerical_vjp",
+    "rel_error",
     "relu",
     "sigmoid",
     "softmax",

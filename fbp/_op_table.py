@@ -1,0 +1,144 @@
+r"""Every fbp op with random arguments and an independent reference, for ``python -m fbp.check``.
+
+Each ``OpCase`` builds its arguments from a NumPy generator and a dtype, and names a
+reference built only from ``jax.nn``, ``optax.losses`` and plain ``jnp`` (never from fbp).
+Points are kept away from kinks (|z| ≥ 0.5 for relu and leaky_relu) and from the edges of a
+domain (ŷ in [0.2, 0.8] for bce), so that finite differences are meaningful there.
+To add an op, append an ``OpCase``; ops of modules that are not there are left out.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+M, N_IN, N_OUT = 3, 4, 5          # batch, features, outputs: small, the check is exhaustive
+
+
+@dataclass
+class OpCase:
+    name: str
+    fn: object
+    make_args: object             # make_args(rng, dtype) -> tuple of arguments
+    reference: object
+    kwargs: dict = field(default_factory=dict)   # extra check_vjp arguments
+
+
+def _normal(rng, shape, dtype):
+    return jnp.asarray(rng.standard_normal(shape), dtype)
+
+
+def _off_kink(rng, shape, dtype):
+    """|z| in [0.5, 2], random sign: a finite-difference step never crosses 0."""
+    return jnp.asarray(rng.choice([-1.0, 1.0], shape) * rng.uniform(0.5, 2.0, shape), dtype)
+
+
+def _dense_params(rng, dtype, n_in=N_IN, n_out=N_OUT):
+    from fbp.linear import Dense
+    return Dense(_normal(rng, (n_out, n_in), dtype) / np.sqrt(n_in), _normal(rng, (n_out,), dtype))
+
+
+def _ref_dense(p, x):
+    z = x @ p.W.T
+    return z + jnp.broadcast_to(p.b, z.shape)
+
+
+def _standardise(x, axis, eps):
+    mu = jnp.mean(x, axis=axis, keepdims=True)
+    var = jnp.mean((x - mu) ** 2, axis=axis, keepdims=True)
+    return (x - mu) / jnp.sqrt(var + eps)
+
+
+def _core_cases(ns) -> list:
+    """The cases for the ops of a namespace (``fbp`` itself, or ``fbp.forward``)."""
+    p = ns.__name__.removeprefix("fbp.") + "." if ns.__name__ != "fbp" else ""
+    x2 = (M, N_IN)
+    return [
+        OpCase(p + "sigmoid", ns.sigmoid, lambda r, d: (_normal(r, x2, d),), jax.nn.sigmoid),
+        OpCase(p + "tanh", ns.tanh, lambda r, d: (_normal(r, x2, d),), jnp.tanh),
+        OpCase(p + "relu", ns.relu, lambda r, d: (_off_kink(r, x2, d),), jax.nn.relu),
+        OpCase(p + "leaky_relu", ns.leaky_relu, lambda r, d: (_off_kink(r, x2, d), 0.1),
+               lambda z, a: jax.nn.leaky_relu(z, a)),
+        OpCase(p + "gelu", ns.gelu, lambda r, d: (_normal(r, x2, d),),
+               lambda z: jax.nn.gelu(z, approximate=False)),
+        OpCase(p + "gelu(tanh)", ns.gelu, lambda r, d: (_normal(r, x2, d), True),
+               lambda z, a: jax.nn.gelu(z, approximate=a)),
+        OpCase(p + "softmax", ns.softmax, lambda r, d: (_normal(r, x2, d),),
+               lambda z: jax.nn.softmax(z, axis=-1)),
+        OpCase(p + "dense", ns.dense, lambda r, d: (_dense_params(r, d), _normal(r, x2, d)),
+               _ref_dense),
+        OpCase(p + "bce_with_logits", ns.bce_with_logits,
+               lambda r, d: (_normal(r, (M, 1), d), jnp.asarray(r.uniform(0, 1, (M, 1)), d)),
+               lambda z, y: jnp.mean(optax.losses.sigmoid_binary_cross_entropy(z, y))),
+        OpCase(p + "bce", ns.bce,
+               lambda r, d: (jnp.asarray(r.uniform(0.2, 0.8, (M, 1)), d),
+                             jnp.asarray(r.uniform(0, 1, (M, 1)), d)),
+               lambda yh, y: -jnp.mean(y * jnp.log(yh) + (1 - y) * jnp.log1p(-yh))),
+        OpCase(p + "softmax_cross_entropy(labels)", ns.softmax_cross_entropy,
+               lambda r, d: (_normal(r, x2, d), jnp.asarray(r.integers(0, N_IN, (M,)))),
+               lambda z, t: jnp.mean(
+                   optax.losses.softmax_cross_entropy_with_integer_labels(z, t))),
+        OpCase(p + "softmax_cross_entropy(soft)", ns.softmax_cross_entropy,
+               lambda r, d: (_normal(r, x2, d), jnp.asarray(r.dirichlet(np.ones(N_IN), M), d)),
+               lambda z, t: jnp.mean(optax.losses.softmax_cross_entropy(z, t))),
+        OpCase(p + "mse", ns.mse, lambda r, d: (_normal(r, x2, d), _normal(r, x2, d)),
+               lambda yh, y: jnp.mean((yh - y) ** 2)),
+    ]
+
+
+def _affine(params, x_hat):
+    gamma, beta = (jnp.broadcast_to(v, x_hat.shape) for v in params)
+    return gamma * x_hat + beta
+
+
+def _norm_cases(norms) -> list:
+    from fbp.linear import Dense
+
+    def gb(r, d, n=N_IN):
+        return (1 + 0.3 * _normal(r, (n,), d), _normal(r, (n,), d))
+
+    def mlp_block(params, x):
+        return jnp.tanh(_ref_dense(params, x))
+
+    block = norms.residual(lambda params, x: importlib.import_module("fbp").tanh(
+        importlib.import_module("fbp").dense(params, x)))
+    return [
+        OpCase("batch_norm", lambda params, x: norms.batch_norm(params, x)[0],
+               lambda r, d: (norms.BatchNormParams(*gb(r, d)), _normal(r, (M + 2, N_IN), d)),
+               lambda params, x: _affine(params, _standardise(x, 0, 1e-5)),
+               {"batch_argnums": ()}),   # batch statistics: no per-example version
+        OpCase("layer_norm", norms.layer_norm,
+               lambda r, d: (norms.LayerNormParams(*gb(r, d)), _normal(r, (M, N_IN), d)),
+               lambda params, x: _affine(params, _standardise(x, -1, 1e-5))),
+        OpCase("residual(tanh∘dense)", block,
+               lambda r, d: (Dense(*_dense_params(r, d, N_IN, N_IN)), _normal(r, (M, N_IN), d)),
+               lambda params, x: x + mlp_block(params, x)),
+    ]
+
+
+def _mlp_case(fbp) -> OpCase:
+    def ref(params, x):
+        for W, b in params[:-1]:
+            x = jax.nn.sigmoid(x @ W.T + b)
+        W, b = params[-1]
+        return x @ W.T + b
+
+    return OpCase("mlp(2-4-1, sigmoid)", fbp.mlp, lambda r, d: (
+        [_dense_params(r, d, 2, 4), _dense_params(r, d, 4, 1)], _normal(r, (M, 2), d)), ref)
+
+
+def op_cases() -> list:
+    """Every op of fbp, fbp.norms and fbp.forward that exists in this checkout."""
+    fbp = importlib.import_module("fbp")
+    cases = _core_cases(fbp) + [_mlp_case(fbp)]
+    for module, build in (("fbp.norms", _norm_cases), ("fbp.forward", _core_cases)):
+        try:
+            cases += build(importlib.import_module(module))
+        except (ImportError, AttributeError):
+            continue
+    return cases
