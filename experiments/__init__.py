@@ -15,6 +15,11 @@ and defines
 # The order in which `make experiments` runs them and REPORT.md lists them.  Add a module's
 # name here when the module exists (tests/test_experiments.py runs each one's quick mode).
 EXPERIMENTS = [
+    "xor",
+    "activations",
+    "stability",
+    "cost",
+    "accumulation",
     "graph",
     "modes",
 ]
