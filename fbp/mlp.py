@@ -7,6 +7,7 @@ independent way: the tutorial's §7.1 recursion written out layer by layer, no a
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -16,6 +17,15 @@ from fbp._checks import float_array
 from fbp.activations import ACTIVATIONS, DERIVATIVES
 from fbp.linear import Dense, dense, init_dense
 from fbp.losses import DELTAS, LOSSES
+from fbp.norms import (
+    BatchNormParams,
+    LayerNormParams,
+    batch_norm,
+    init_batch_norm,
+    init_layer_norm,
+    layer_norm,
+)
+from fbp.norms import residual as residual_block
 
 
 def _resolve(value, name: str, table: dict):
@@ -39,11 +49,40 @@ def resolve_loss(loss):
     return _resolve(loss, "loss", LOSSES)
 
 
-def init_mlp(key, sizes, scheme: str = "he", dtype=jnp.float32) -> list[Dense]:
+class NormDense(NamedTuple):
+    """A hidden layer with normalisation: its ``Dense`` and its norm's params.
+
+    ``norm`` is a ``BatchNormParams`` or a ``LayerNormParams``; the layer computes
+    σ(norm(W a + b)) (normalisation before the activation).
+    """
+
+    dense: Dense
+    norm: BatchNormParams | LayerNormParams
+
+
+_NORMS = (None, "batch", "layer")
+
+
+def init_mlp(key, sizes, scheme: str = "he", dtype=None, *, norm: str | None = None,
+             residual: bool = False):
     r"""Parameters of an MLP with layer widths ``sizes = [n_0, n_1, …, n_L]``.
 
-    Returns a list of L ``Dense(W, b)`` with ``W_l: (n_l, n_{l−1})``, drawn by
-    ``init_dense`` (``scheme`` ``"he"`` or ``"xavier"``), biases zero.
+    The L ``Dense(W, b)`` have ``W_l: (n_l, n_{l−1})``, drawn by ``init_dense`` (``scheme``
+    ``"he"`` or ``"xavier"``), biases zero; the same key gives the same weights whatever
+    ``norm`` is, so networks that differ only in their normalisation can be compared.
+
+    ``norm=None``:     returns the list of L ``Dense``.
+    ``norm="layer"``:  returns a list: L − 1 hidden ``NormDense(Dense, LayerNormParams)``,
+                       then the output ``Dense`` (γ = 1, β = 0).
+    ``norm="batch"``:  returns ``(params, state)``: params as for "layer" with
+                       ``BatchNormParams``, state a list of L − 1 ``BatchNormState``
+                       (mean 0, var 1).  The state is kept apart from params so that an
+                       optimiser never updates it; ``mlp`` returns the next one.
+    The last layer is never normalised (it produces the logits).
+
+    ``residual`` does not change the parameters (the skip has none); it is chosen when
+    calling ``mlp(..., residual=True)``.  Passing it here checks that some hidden layer
+    keeps its width (n_l = n_{l−1}), so that the skip connections exist at all.
     """
     sizes = list(sizes) if isinstance(sizes, (list, tuple)) else sizes
     if not isinstance(sizes, list) or len(sizes) < 2:
@@ -53,53 +92,163 @@ def init_mlp(key, sizes, scheme: str = "he", dtype=jnp.float32) -> list[Dense]:
     for i, n in enumerate(sizes):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"sizes[{i}] must be a positive int; got {n!r}.")
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be None, 'batch' or 'layer'; got {norm!r}.")
+    if not isinstance(residual, bool):
+        raise TypeError(f"residual must be True or False; got {residual!r}.")
+    if residual and not any(a == b for a, b in zip(sizes[:-2], sizes[1:-1], strict=True)):
+        raise ValueError(f"residual=True needs a hidden layer that keeps its width "
+                         f"(sizes[l] == sizes[l-1] for some hidden l); sizes {sizes} has none, "
+                         f"so there would be no skip connection.")
     keys = jax.random.split(key, len(sizes) - 1)
-    return [init_dense(k, n_in, n_out, scheme, dtype)
-            for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:])]
+    layers = [init_dense(k, n_in, n_out, scheme, dtype)
+              for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True)]
+    if norm is None:
+        return layers
+    if norm == "layer":
+        hidden = [NormDense(d, init_layer_norm(n, dtype))
+                  for d, n in zip(layers[:-1], sizes[1:-1], strict=True)]
+        return hidden + [layers[-1]]
+    pairs = [init_batch_norm(n, dtype) for n in sizes[1:-1]]
+    params = [NormDense(d, p) for d, (p, _) in zip(layers[:-1], pairs, strict=True)] + [layers[-1]]
+    return params, [s for _, s in pairs]
 
 
-def _check_params(params) -> None:
+def _check_params(params) -> str | None:
+    """Validate an MLP's params; return its normalisation: None, "batch" or "layer"."""
+    def is_dense(p):
+        return isinstance(p, tuple) and not isinstance(p, NormDense) and len(p) == 2
+
     if not isinstance(params, (list, tuple)) or not params or not all(
-        isinstance(p, tuple) and len(p) == 2 for p in params
+        is_dense(p) or isinstance(p, NormDense) for p in params
     ):
         raise TypeError(
-            "params must be a non-empty list of Dense(W, b), as init_mlp returns; "
-            f"got {type(params).__name__}."
+            "params must be a non-empty list of Dense(W, b) (or NormDense for the hidden "
+            f"layers), as init_mlp returns; got {type(params).__name__}."
         )
+    if not is_dense(params[-1]):
+        raise TypeError("the last layer of params must be a plain Dense(W, b) (the logits "
+                        f"are not normalised); got {type(params[-1]).__name__}.")
+    kinds = {_kind(p) for p in params[:-1]}
+    if len(kinds) > 1 or "?" in kinds:
+        raise TypeError("the hidden layers of params must all be Dense, all "
+                        "NormDense(Dense, BatchNormParams) or all NormDense(Dense, "
+                        "LayerNormParams), as init_mlp builds them; got a mixture.")
+    return kinds.pop() if kinds else None
+
+
+def _kind(p) -> str | None:
+    if not isinstance(p, NormDense):
+        return None
+    if isinstance(p.norm, BatchNormParams):
+        return "batch"
+    return "layer" if isinstance(p.norm, LayerNormParams) else "?"
+
+
+def _dense_of(p) -> Dense:
+    return p.dense if isinstance(p, NormDense) else Dense(*p)
 
 
 def _skips(params, residual: bool) -> list[bool]:
     """Which hidden layers carry an identity skip (only where the width is unchanged)."""
-    return [residual and W.shape[0] == W.shape[1] for W, _ in params[:-1]]
+    if not isinstance(residual, bool):
+        raise TypeError(f"residual must be True or False; got {residual!r}.")
+    return [residual and W.shape[0] == W.shape[1] for W, _ in map(_dense_of, params[:-1])]
 
 
-def mlp(params, x, activation="sigmoid", *, residual: bool = False):
-    r"""Forward pass: hidden layers a_l = σ(W_l a_{l−1} + b_l), last layer linear.
+def _describe(state) -> str:
+    if isinstance(state, (list, tuple)):
+        return f"{type(state).__name__} of length {len(state)}"
+    return type(state).__name__
 
-    With ``residual=True`` every hidden layer whose input and output widths match becomes
-    a_l = a_{l−1} + σ(W_l a_{l−1} + b_l) (a ResNet-style identity skip).
+
+# One hidden layer as a block f(params, a) -> h, so that residual() can wrap it.
+
+def _plain_block(act, params, a):
+    return act(dense(params, a))
+
+
+def _layer_block(act, params, a):
+    d, ln = params
+    return act(layer_norm(ln, dense(d, a)))
+
+
+def _batch_block(act, training, params, a):
+    (d, bn), state = params            # the state rides along with params; it gets no gradient
+    z, new_state = batch_norm(bn, dense(d, a), state, training=training)
+    return act(z), new_state
+
+
+def mlp(params, x, activation="sigmoid", *, residual: bool = False, state=None,
+        training: bool = True):
+    r"""Forward pass: hidden layers a_l = σ(norm(W_l a_{l−1} + b_l)), last layer linear.
+
+    ``norm`` is whatever the params hold (see ``init_mlp``): nothing, ``layer_norm`` or
+    ``batch_norm``, always before the activation.  With ``residual=True`` every hidden
+    layer whose input and output widths match becomes a_l = a_{l−1} + σ(norm(…)), built
+    with ``fbp.residual`` (a ResNet-style identity skip with its own hand-written rule).
+
+    Batch normalisation needs state: pass ``state`` (the list ``init_mlp(norm="batch")``
+    returned, or the one the previous call returned) and the call returns
+    ``(logits, new_state)``.  ``training=True`` normalises with the batch statistics of x
+    (so x needs at least 2 examples) and updates the running state; ``training=False``
+    uses the running state and returns it unchanged.  Networks without batch norm return
+    the logits alone and take no state.
 
     Args:
-      params: list of ``Dense`` from ``init_mlp``.
+      params: from ``init_mlp``: a list of ``Dense``, or ``NormDense`` hidden layers and
+        a ``Dense`` output layer.
       x: floating array ``(..., n_0)``.
       activation: a name (``"sigmoid"``, ``"tanh"``, ``"relu"``, ``"leaky_relu"``,
         ``"gelu"``) or any activation function.
+      residual: add identity skips where widths match.
+      state: list of ``BatchNormState``, one per hidden layer (batch norm only).
+      training: batch statistics (True) or running statistics (False); batch norm only.
     Returns:
-      the logits, ``(..., n_L)``.
+      the logits ``(..., n_L)``; with batch norm ``(logits, new_state)``.
     """
-    _check_params(params)
+    kind = _check_params(params)
     act = resolve_activation(activation)
-    a = x
-    for (W, b), skip in zip(params[:-1], _skips(params, residual)):
-        h = act(dense(Dense(W, b), a))
-        a = a + h if skip else h
-    return dense(params[-1], a)
+    skips = _skips(params, residual)
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be True or False; got {training!r}.")
+    if kind != "batch" and state is not None:
+        raise ValueError("state is only for networks with batch norm (init_mlp(norm='batch')); "
+                         "these params have none, so pass state=None.")
+    if kind == "batch" and not (isinstance(state, (list, tuple))
+                                and len(state) == len(params) - 1):
+        raise ValueError(f"a batch-norm MLP needs state=[BatchNormState, ...], one per hidden "
+                         f"layer ({len(params) - 1}), as init_mlp(norm='batch') returns it; "
+                         f"got {_describe(state)}.")
+    a, new_state = x, []
+    for l, (p, skip) in enumerate(zip(params[:-1], skips, strict=True)):
+        if kind == "batch":
+            block, p, aux = partial(_batch_block, act, training), (p, state[l]), True
+        else:
+            block, aux = partial(_layer_block if kind == "layer" else _plain_block, act), False
+        out = residual_block(block, has_aux=aux)(p, a) if skip else block(p, a)
+        if aux:
+            a, s = out
+            new_state.append(s)
+        else:
+            a = out
+    logits = dense(_dense_of(params[-1]), a)
+    return (logits, new_state) if kind == "batch" else logits
 
 
 def mlp_loss(params, x, y, activation="sigmoid", loss="bce_with_logits", *,
-             residual: bool = False):
-    """``loss(mlp(params, x, activation), y)``: a scalar whose ``jax.grad`` runs fbp's rules."""
-    return resolve_loss(loss)(mlp(params, x, activation, residual=residual), y)
+             residual: bool = False, state=None, training: bool = True):
+    """``loss(mlp(params, x, activation), y)``: a scalar whose ``jax.grad`` runs fbp's rules.
+
+    With batch norm it returns ``(loss, new_state)``: differentiate it with
+    ``jax.value_and_grad(mlp_loss, has_aux=True)``.
+    """
+    loss_fn = resolve_loss(loss)
+    out = mlp(params, x, activation, residual=residual, state=state, training=training)
+    if state is not None:
+        logits, new_state = out
+        return loss_fn(logits, y), new_state
+    return loss_fn(out, y)
 
 
 class Backprop(NamedTuple):
@@ -124,10 +273,12 @@ def backprop(params, x, y, activation="sigmoid", loss="bce_with_logits", *,
       ā_{l−1} = δ_l W_l  (+ ā_l when layer l has a skip: the identity passes it on unchanged)
       δ_{l−1} = ā_{l−1} ⊙ σ'(z_{l−1})                    (the hidden delta Wᵀδ ⊙ σ'(z))
 
-    Covers: plain and residual MLPs, any depth, every fbp activation by name or function
-    (leaky_relu with its default α, gelu in its exact form) and the losses
-    ``bce_with_logits``, ``softmax_cross_entropy`` and ``mse``.  Normalisation layers are
-    not covered here; differentiate ``mlp`` with ``jax.grad`` for those.
+    Covers: plain and residual MLPs (params a list of ``Dense``), any depth, every fbp
+    activation by name or function (leaky_relu with its default α, gelu in its exact form)
+    and the losses ``bce_with_logits``, ``softmax_cross_entropy`` and ``mse``.  Not covered:
+    networks with batch or layer norm (``NormDense`` layers), which raise a ValueError;
+    differentiate ``mlp_loss`` with ``jax.grad`` for those (their rules are hand-written in
+    ``fbp.norms``).
 
     Args:
       params: list of ``Dense`` from ``init_mlp``.
@@ -137,7 +288,10 @@ def backprop(params, x, y, activation="sigmoid", loss="bce_with_logits", *,
       ``Backprop(loss, grads, deltas)``: grads is a list of ``Dense(W̄, b̄)`` like params,
       deltas[l] = ∂L/∂z_{l+1} with shape ``(..., n_{l+1})``.
     """
-    _check_params(params)
+    kind = _check_params(params)
+    if kind is not None:
+        raise ValueError(f"backprop covers plain and residual MLPs; these params hold {kind} "
+                         f"norm layers. Use jax.grad(fbp.mlp_loss) for them instead.")
     act = resolve_activation(activation)
     loss_fn = resolve_loss(loss)
     if act not in DERIVATIVES:
@@ -151,7 +305,7 @@ def backprop(params, x, y, activation="sigmoid", loss="bce_with_logits", *,
     # forward, caching z, h and a for every layer (tutorial §11.2)
     skips = _skips(params, residual)
     zs, hs, acts = [], [], [x]
-    for (W, b), skip in zip(params[:-1], skips):
+    for (W, b), skip in zip(params[:-1], skips, strict=True):
         z = dense(Dense(W, b), acts[-1])
         h = act(z)
         zs.append(z)
