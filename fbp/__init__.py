@@ -18,27 +18,45 @@ from fbp.activations import gelu, leaky_relu, relu, sigmoid, softmax, tanh
 from fbp.check import VJPCheckError, VJPReport, check_vjp
 from fbp.linear import Dense, dense, init_dense
 from fbp.losses import bce, bce_with_logits, mse, softmax_cross_entropy
-from fbp.mlp import Backprop, backprop, init_mlp, mlp, mlp_loss
+from fbp.mlp import Backprop, NormDense, backprop, init_mlp, mlp, mlp_loss
+from fbp.norms import (
+    BatchNormParams,
+    BatchNormState,
+    LayerNormParams,
+    batch_norm,
+    init_batch_norm,
+    init_layer_norm,
+    layer_norm,
+    residual,
+)
 from fbp.numerical import numerical_grad, numerical_vjp, rel_error
 from fbp.train import FitResult, accumulate_grads, backprop_grad_fn, fit
 
 __all__ = [
     "Backprop",
+    "BatchNormParams",
+    "BatchNormState",
     "Dense",
     "FitResult",
+    "LayerNormParams",
+    "NormDense",
     "VJPCheckError",
     "VJPReport",
     "accumulate_grads",
     "backprop",
     "backprop_grad_fn",
+    "batch_norm",
     "bce",
     "bce_with_logits",
     "check_vjp",
     "dense",
     "fit",
     "gelu",
+    "init_batch_norm",
     "init_dense",
+    "init_layer_norm",
     "init_mlp",
+    "layer_norm",
     "leaky_relu",
     "mlp",
     "mlp_loss",
@@ -47,6 +65,7 @@ __all__ = [
     "numerical_vjp",
     "rel_error",
     "relu",
+    "residual",
     "sigmoid",
     "softmax",
     "softmax_cross_entropy",
