@@ -381,7 +381,9 @@ def mlp(params, x, activation="sigmoid"):
     Returns:
       the logits, ``(..., n_L)``.
     """
-    _check_params(params)
+    if _check_params(params) is not None:
+        raise ValueError("fbp.forward.mlp has plain Dense layers only (the norm layers have "
+                         "no forward-mode twin); use fbp.mlp for a normalised network.")
     act = _resolve(activation, "activation", ACTIVATIONS)
     a = x
     for layer in params[:-1]:
