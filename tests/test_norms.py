@@ -160,6 +160,17 @@ def test_jit_equals_eager(op):
     assert rel_err(eager, jax.jit(partial(vjp, f))(primals, g)) <= 1e-14
 
 
+@pytest.mark.parametrize("op", OPS)
+def test_check_vjp_passes(op):
+    """fbp.check_vjp: structure, autodiff, jacobian, finite-diff, jit, vmap, rev-over-rev."""
+    f, ref = OPS[op]
+    report = fbp.check_vjp(f, *_args(op, (8, 5), False, jax.random.PRNGKey(3)), reference=ref,
+                           batch_argnums=() if op == "batch_norm" else None, name=op)
+    print("\n" + str(report))
+    assert report.ok, str(report)
+    assert {r.check for r in report.rows} >= {"autodiff", "jacobian", "finite-diff", "jit"}
+
+
 @pytest.mark.parametrize("fn", [batch_norm, layer_norm, fbp_residual], ids=lambda f: f.__name__)
 def test_uses_the_hand_written_rule(fn):
     params, x = _args({"block": "residual"}.get(fn.__name__, fn.__name__), (8, 5), False,
