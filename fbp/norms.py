@@ -165,8 +165,10 @@ def batch_norm(params: BatchNormParams, x, state: BatchNormState | None = None, 
       4. x̄_k = Σᵢ x̂̄ᵢ ∂x̂ᵢ/∂x_k = (1/σ)(x̂̄_k − mean(x̂̄) − x̂_k mean(x̂̄ ⊙ x̂)), and with x̂̄ = γḡ:
             x̄ = (γ/σ) ⊙ (ḡ − mean(ḡ) − x̂ ⊙ mean(ḡ ⊙ x̂)),   the means over the batch.
       No autodiff runs through μ or v: the rule is these three lines.
-    VJP, evaluation:  x̄ = ḡ γ/σ,  γ̄ = Σ ḡ ⊙ x̂,  β̄ = Σ ḡ (the state gets none).
-    Saves:    x̂, 1/σ and γ (not x).
+    VJP, evaluation:  x̄ = ḡ γ/σ,  γ̄ = Σ ḡ ⊙ x̂,  β̄ = Σ ḡ.  The rule also has the state's
+      terms, mean̄ = −γ β̄/σ and var̄ = −½ γ γ̄/σ², but the state enters through
+      stop_gradient, so no gradient reaches it in either mode.
+    Saves:    x̂ (m·n), 1/σ and γ (n each), not x: a third of what autodiff keeps.
 
     A batch of one is refused in training mode: with m = 1, v = 0, x̂ = 0 and y = β whatever
     x is, so no gradient reaches x or γ, and the running variance is pulled towards 0 — a
