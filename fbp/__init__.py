@@ -30,6 +30,8 @@ from fbp.norms import (
     residual,
 )
 from fbp.numerical import numerical_grad, numerical_vjp, rel_error
+from fbp.parallel import data_parallel, data_parallel_step, default_mesh, shard_batch
+from fbp.second_order import hessian, hvp
 from fbp.train import FitResult, accumulate_grads, backprop_grad_fn, fit
 
 __all__ = [
@@ -49,9 +51,14 @@ __all__ = [
     "bce",
     "bce_with_logits",
     "check_vjp",
+    "data_parallel",
+    "data_parallel_step",
+    "default_mesh",
     "dense",
     "fit",
     "gelu",
+    "hessian",
+    "hvp",
     "init_batch_norm",
     "init_dense",
     "init_layer_norm",
@@ -66,6 +73,7 @@ __all__ = [
     "rel_error",
     "relu",
     "residual",
+    "shard_batch",
     "sigmoid",
     "softmax",
     "softmax_cross_entropy",
