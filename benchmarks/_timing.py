@@ -10,6 +10,7 @@ Compile time is measured apart, by ``compile_seconds``, and never enters a timin
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -25,9 +26,24 @@ def block(out):
 
 def compile_seconds(jitted, *args, **kwargs) -> float:
     """Seconds to lower and compile ``jitted`` for these arguments (trace + XLA compile)."""
+    return compile_stats(jitted, *args, **kwargs)[0]
+
+
+_NOT_KERNELS = ("parameter", "tuple", "get-tuple-element", "constant", "bitcast")
+
+
+def compile_stats(jitted, *args, **kwargs) -> tuple[float, int]:
+    """(compile seconds, kernels): the kernels are the instructions of the compiled entry
+    computation that do work (fusions, dots, copies, …; not parameters, tuples, bitcasts)."""
     t0 = time.perf_counter()
-    jitted.lower(*args, **kwargs).compile()
-    return time.perf_counter() - t0
+    compiled = jitted.lower(*args, **kwargs).compile()
+    seconds = time.perf_counter() - t0
+    text = compiled.as_text()
+    entry = text[text.index("\nENTRY"):]
+    entry = entry[:entry.index("\n}")]
+    ops = [m.group(1) for line in entry.splitlines()[1:]
+           if (m := re.search(r" = .*?\s([a-z][\w-]*)\(", line))]
+    return seconds, sum(op not in _NOT_KERNELS for op in ops)
 
 
 def quartiles(values) -> tuple[float, float, float]:
@@ -69,12 +85,14 @@ def paired(fns: dict[str, Callable[[], object]], *, rounds: int = 7, warmup: int
 
 
 def ratio_stats(a: list[float], b: list[float]) -> dict:
-    """Median times of A and B, the median per-round ratio A/B and its IQR."""
+    """Median times of A and B, the median per-round ratio A/B and its IQR; also the ratio
+    of the fastest rounds (the least disturbed by other processes)."""
     ratios = [x / y for x, y in zip(a, b, strict=True)]
     q1, med, q3 = quartiles(ratios)
     return {"a_median_s": statistics.median(a), "b_median_s": statistics.median(b),
             "ratio_median": med, "ratio_q1": q1, "ratio_q3": q3,
-            "ratio_min": min(ratios), "ratio_max": max(ratios), "rounds": len(ratios)}
+            "ratio_min": min(ratios), "ratio_max": max(ratios), "rounds": len(ratios),
+            "a_min_s": min(a), "b_min_s": min(b), "ratio_of_fastest": min(a) / min(b)}
 
 
 def auto_repeat(fn: Callable[[], object], target_s: float = 0.02, cap: int = 2000) -> int:

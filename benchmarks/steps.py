@@ -25,6 +25,7 @@ import fbp
 from benchmarks._timing import (
     auto_repeat,
     compile_seconds,
+    compile_stats,
     fmt_time,
     paired,
     ratio_stats,
@@ -143,13 +144,13 @@ def dot_peak_fn(n: int = 2048):
 
 MLP = dict(activation="relu", loss="softmax_cross_entropy")
 XOR = dict(activation="sigmoid", loss="bce_with_logits")
-CASES = [  # (sizes, batch, kind of problem, rounds)
-    ((2, 4, 1), 4, XOR, 21),
-    ((2, 4, 1), 1024, XOR, 21),
-    ((784, 1024, 1024, 10), 256, MLP, 9),
-    ((784, 1024, 1024, 10), 1024, MLP, 7),
-    ((784, 4096, 4096, 10), 256, MLP, 5),
-    ((784, 4096, 4096, 10), 1024, MLP, 5),
+CASES = [  # (sizes, batch, kind of problem, timed rounds, warm-up rounds)
+    ((2, 4, 1), 4, XOR, 41, 2),
+    ((2, 4, 1), 1024, XOR, 41, 2),
+    ((784, 1024, 1024, 10), 256, MLP, 9, 2),
+    ((784, 1024, 1024, 10), 1024, MLP, 7, 2),
+    ((784, 4096, 4096, 10), 256, MLP, 5, 1),
+    ((784, 4096, 4096, 10), 1024, MLP, 3, 1),   # ~1.3 s per step on 2 idle cores
 ]
 PEAK_CASE = ((784, 1024, 1024, 10), 1024)
 
@@ -158,20 +159,24 @@ def run_case(sizes, m, spec, rounds, *, with_peak=False, warmup=2, lr=0.01):
     params, x, y = problem(sizes, m, **spec)
     optimizer = optax.sgd(lr)
     opt_state = optimizer.init(params)
-    fns, compile_s = {}, {}
+    fns, compile_s, kernels = {}, {}, {}
     for kind in KINDS:
         step = make_step(kind, spec["activation"], spec["loss"], optimizer)
-        compile_s[kind] = compile_seconds(step, params, opt_state, x, y)
+        compile_s[kind], kernels[kind] = compile_stats(step, params, opt_state, x, y)
         fns[kind] = stateful(step, params, opt_state, x, y)
+    small = max(sizes) <= 16
+    if small:  # the dispatch floor: a jitted step with the same arguments that does nothing
+        noop = jax.jit(lambda p, s, x, y: (p, s, jnp.sum(x)), donate_argnums=(0, 1))
+        fns["floor"] = stateful(noop, params, opt_state, x, y)
     peak_flops = None
     if with_peak:
         fns["jnp.dot"], peak_flops, compile_s["jnp.dot"] = dot_peak_fn()
-    repeat = auto_repeat(fns["jax.grad"], 0.01)
+    repeat = auto_repeat(fns["jax.grad"], 0.003)
     times = paired(fns, rounds=rounds, warmup=warmup, repeat=repeat)
     flops = step_flops(sizes, m)
     row = {
         "net": "-".join(map(str, sizes)), "batch": m, **spec, "rounds": rounds,
-        "calls_per_timing": repeat, "flops": flops, "compile_s": compile_s,
+        "calls_per_timing": repeat, "flops": flops, "compile_s": compile_s, "kernels": kernels,
         "median_s": {k: float(sorted(v)[len(v) // 2]) for k, v in times.items()},
         "times_s": times,
         "fbp_vs_grad": ratio_stats(times["fbp"], times["jax.grad"]),
@@ -179,6 +184,11 @@ def run_case(sizes, m, spec, rounds, *, with_peak=False, warmup=2, lr=0.01):
         "gflops": {k: flops / row_median / 1e9 for k, row_median in
                    ((k, sorted(times[k])[len(times[k]) // 2]) for k in KINDS)},
     }
+    if small:
+        floor = row["median_s"]["floor"]
+        row["above_floor_s"] = {k: row["median_s"][k] - floor for k in KINDS}
+        above = {k: [t - f for t, f in zip(times[k], times["floor"], strict=True)] for k in KINDS}
+        row["fbp_vs_grad_above_floor"] = ratio_stats(above["fbp"], above["jax.grad"])
     if with_peak:
         row["peak_gflops"] = peak_flops / row["median_s"]["jnp.dot"] / 1e9
         row["peak_fraction"] = {
@@ -222,13 +232,12 @@ def torch_case(sizes, m, rounds):
 def run(quick: bool = False) -> dict:
     cases = [c for c in CASES if not quick or max(c[0]) <= 1024]
     rows = []
-    for sizes, m, spec, rounds in cases:
+    for sizes, m, spec, rounds, warmup in cases:
         with_peak = (tuple(sizes), m) == PEAK_CASE
         if quick:
-            rounds = 3
+            rounds, warmup = 3, 1
         print(f"  step {'-'.join(map(str, sizes))} batch {m} …", flush=True)
-        rows.append(run_case(sizes, m, spec, rounds, with_peak=with_peak,
-                             warmup=1 if quick else 2))
+        rows.append(run_case(sizes, m, spec, rounds, with_peak=with_peak, warmup=warmup))
     result = {"rows": rows}
     if importlib.util.find_spec("torch") is None:
         result["torch"] = "skipped: PyTorch is not importable (it is not a dependency of fbp)"
@@ -249,16 +258,28 @@ def report(result: dict) -> str:
         rows.append([
             r["net"], r["batch"], fmt_time(med["fbp"]), fmt_time(med["backprop"]),
             fmt_time(med["jax.grad"]), _ratio(r["fbp_vs_grad"]), _ratio(r["backprop_vs_grad"]),
+            f"{r['fbp_vs_grad']['ratio_of_fastest']:.3f}",
             f"{r['gflops']['fbp']:.1f}",
             " / ".join(f"{c[k]:.2f}" for k in KINDS),
+            " / ".join(str(r["kernels"][k]) for k in KINDS),
         ])
     lines = [
         "Training step (forward + backward + optax.sgd), jitted, params donated. Ratio: "
         "median of per-round ratios [IQR]; < 1 means fbp is faster.",
         "",
         table(["net", "batch", "fbp", "backprop", "jax.grad", "fbp / jax.grad",
-               "backprop / jax.grad", "fbp GFLOP/s", "compile s (fbp/bp/grad)"], rows),
+               "backprop / jax.grad", "fbp / jax.grad, fastest rounds", "fbp GFLOP/s",
+               "compile s (fbp/bp/grad)", "XLA kernels (fbp/bp/grad)"], rows),
     ]
+    for r in result["rows"]:
+        if "above_floor_s" in r:
+            a = r["above_floor_s"]
+            lines += ["", f"{r['net']} batch {r['batch']}: a jitted no-op step with the same "
+                      f"arguments takes {fmt_time(r['median_s']['floor'])} (dispatch floor); "
+                      f"above it fbp takes {fmt_time(a['fbp'])}, backprop "
+                      f"{fmt_time(a['backprop'])}, jax.grad {fmt_time(a['jax.grad'])} "
+                      f"(fbp / jax.grad above the floor, per round: "
+                      f"{_ratio(r['fbp_vs_grad_above_floor'])})."]
     peak = [r for r in result["rows"] if "peak_gflops" in r]
     if peak:
         r = peak[0]
