@@ -17,10 +17,14 @@ reverse rules use too (``sigmoid_grad`` … ``softmax_vjp`` in ``fbp.activations
 ``*_delta`` helpers in ``fbp.losses``).  For a scalar loss the JVP is an inner product,
 L̇ = ⟨∂L/∂z, ż⟩ + ⟨∂L/∂y, ẏ⟩, so each loss rule reuses its ∂L/∂z helper.
 
-A rule computes its output by calling its own op, so JAX differentiates that call with the
-same rule again: ``jax.hessian`` and forward-over-reverse run through these rules at every
-order.  Names: ``primals``/``tangents`` for the rule's arguments, ``z_dot``, ``W_dot`` … for
-tangents (the dot of ż).
+Higher order: a rule computes its output by calling its own op (so that call is
+differentiated by the same rule again) and its tangent from plain ``jnp`` helpers, which JAX
+differentiates itself — ``jax.hessian`` and forward-over-reverse ``jax.jacfwd(jax.grad(f))``
+work on every twin.  (Tutorial §13 names forward and reverse mode as the next step; the
+formulas are those of §5 and §8, read in the forward direction.)
+
+Names: ``primals``/``tangents`` for the rule's arguments, ``z_dot``, ``W_dot`` … for tangents
+(the dot of ż).  ``fbp.forward.mlp`` composes the twins as ``fbp.mlp`` composes the ops.
 """
 
 from __future__ import annotations
