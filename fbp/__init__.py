@@ -14,6 +14,7 @@ Every op is a public function that validates its inputs and calls a private
 ``jax.custom_vjp`` whose backward is the hand-derived formula in its docstring.
 """
 
+from fbp import forward
 from fbp.activations import gelu, leaky_relu, relu, sigmoid, softmax, tanh
 from fbp.check import VJPCheckError, VJPReport, check_vjp
 from fbp.linear import Dense, dense, init_dense
@@ -56,6 +57,7 @@ __all__ = [
     "default_mesh",
     "dense",
     "fit",
+    "forward",
     "gelu",
     "hessian",
     "hvp",
