@@ -84,7 +84,8 @@ def finite_scalar(v, name: str, *, low: float | None = None, high: float | None 
 def in_range(x, name: str, low: float, high: float) -> None:
     """When ``x`` is concrete, every value lies in [low, high] (NaN fails too)."""
     if is_concrete(x) and x.size:
-        lo, hi = float(jnp.min(x)), float(jnp.max(x))
+        values = np.asarray(x)  # NumPy: no tracing even when called inside a jit trace
+        lo, hi = float(values.min()), float(values.max())
         if not (low <= lo and hi <= high):
             raise ValueError(
                 f"{name} must lie in [{low}, {high}]; got values in [{lo}, {hi}]."

@@ -12,7 +12,7 @@ from fbp._checks import float_array, one_of, same_dtype
 
 
 class Dense(NamedTuple):
-    """Parameters of a dense layer: ``W`` of shape ``(n_out, n_in)``, ``b`` of shape ``(n_out,)``."""
+    """Dense-layer parameters: ``W`` of shape ``(n_out, n_in)``, ``b`` of shape ``(n_out,)``."""
 
     W: jax.Array
     b: jax.Array
@@ -21,7 +21,7 @@ class Dense(NamedTuple):
 _SCHEMES = ("he", "xavier")
 
 
-def init_dense(key, n_in: int, n_out: int, scheme: str = "he", dtype=jnp.float32) -> Dense:
+def init_dense(key, n_in: int, n_out: int, scheme: str = "he", dtype=None) -> Dense:
     r"""Random ``Dense(W, b)`` with ``b = 0``.
 
     ``"he"``:      W ~ N(0, 1) · √(2 / n_in)            (the tutorial's ``randn * sqrt(2/n_in)``;
@@ -32,7 +32,7 @@ def init_dense(key, n_in: int, n_out: int, scheme: str = "he", dtype=jnp.float32
       key: a ``jax.random`` key.
       n_in, n_out: positive layer widths.
       scheme: ``"he"`` or ``"xavier"``.
-      dtype: a floating dtype.
+      dtype: a floating dtype; default JAX's default float (float32, or float64 under x64).
     Returns:
       ``Dense(W: (n_out, n_in), b: (n_out,))``.
     """
@@ -40,22 +40,28 @@ def init_dense(key, n_in: int, n_out: int, scheme: str = "he", dtype=jnp.float32
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"{name} must be a positive int; got {n!r}.")
     one_of(scheme, "scheme", _SCHEMES)
+    dtype = jnp.result_type(float) if dtype is None else dtype
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a floating dtype; got {dtype}.")
-    fan = n_in if scheme == "he" else (n_in + n_out) / 2
+    fan = n_in if scheme == "he" else (n_in + n_out)
     W = jax.random.normal(key, (n_out, n_in), dtype) * math.sqrt(2.0 / fan)
     return Dense(W.astype(dtype), jnp.zeros((n_out,), dtype))
+
+
+def _affine(W, b, x):
+    z = x @ W.T
+    return z + b.reshape((1,) * (z.ndim - 1) + b.shape)  # explicit broadcast over the batch
 
 
 @jax.custom_vjp
 def _dense(params, x):
     W, b = params
-    return x @ W.T + b
+    return _affine(W, b, x)
 
 
 def _dense_fwd(params, x):
     W, b = params
-    return x @ W.T + b, (W, x)
+    return _affine(W, b, x), (W, x)
 
 
 def _dense_bwd(res, g):

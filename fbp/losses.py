@@ -12,6 +12,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import xlogy
 
 from fbp._checks import float_array, in_range, is_concrete, same_shape
@@ -219,7 +220,8 @@ def validate_softmax_cross_entropy(logits, labels):
                 f"{labels.shape}. (For one-hot or soft targets pass floats of shape {z.shape}.)"
             )
         if is_concrete(labels) and labels.size:
-            lo, hi = int(jnp.min(labels)), int(jnp.max(labels))
+            values = np.asarray(labels)  # NumPy: no tracing even inside a jit trace
+            lo, hi = int(values.min()), int(values.max())
             if lo < 0 or hi >= z.shape[-1]:
                 raise ValueError(
                     f"labels must lie in [0, {z.shape[-1]}) for {z.shape[-1]} classes; "
