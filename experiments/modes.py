@@ -122,7 +122,9 @@ def run(quick: bool = False, out: Path = RESULTS) -> dict:
     im = ax.imshow(np.log10(ratio), origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
     for i in range(len(sizes)):
         for j in range(len(sizes)):
-            ax.text(j, i, f"{ratio[i, j]:.3g}", ha="center", va="center", fontsize=9)
+            dark = abs(np.log10(ratio[i, j])) > 0.6 * lim
+            ax.text(j, i, f"{ratio[i, j]:.3g}", ha="center", va="center", fontsize=9,
+                    color="white" if dark else "black")
     ax.plot([-0.5, len(sizes) - 0.5], [-0.5, len(sizes) - 0.5], "k--", lw=1, label="n = m")
     ax.add_patch(plt.Rectangle((-0.5, -0.5), len(sizes), 1, fill=False, ec="k", lw=2,
                                label="m = 1: a scalar loss"))
