@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     lines += [f"| {c['target']} | {c['value']} | {'yes' if c['met'] else 'NO'} |" for c in checks]
     print("\n".join(lines))
     total = time.perf_counter() - t_all
-    command = "python -m benchmarks" + (" " + " ".join(sys.argv[1:]) if argv is None else "")
+    command = " ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)])
     print(f"\nall benchmarks: {total:.0f} s ({command})")
 
     args.out.mkdir(parents=True, exist_ok=True)
