@@ -29,7 +29,7 @@ experiments: $(STAMP)
 	$(BIN)/python -m experiments
 
 # one experiment alone: `make xor` runs `python -m experiments.xor` (add QUICK=--quick)
-EXPERIMENT_TARGETS := xor activations stability gradcheck cost vanishing accumulation
+EXPERIMENT_TARGETS := xor activations stability gradcheck cost vanishing accumulation graph modes
 .PHONY: $(EXPERIMENT_TARGETS)
 $(EXPERIMENT_TARGETS): $(STAMP)
 	$(BIN)/python -m experiments.$@ $(QUICK)
