@@ -207,7 +207,9 @@ def report(result: dict) -> str:
         "",
         "![](graph.png)",
         "",
-        f"The reverse pass starts from the seed ḡ = ∂L/∂L = 1.0 (the `mul(·, 1.0)` node). "
+        f"The reverse pass starts from the seed ḡ = ∂L/∂L = 1.0 (the `mul(1.0, ·)` node). "
+        f"The sigmoid rule's σ'(z) = h(1 − h) (`sub(1.0, ·)`, `mul`) needs only the saved h, "
+        f"so its depth puts it beside the forward pass: it is ready before ḡ arrives. "
         f"Dropped as unused before drawing: {dropped}. The same graph as text "
         f"(`name = primitive(inputs) : shape ← fbp op`, ⇒ marks a returned value):",
         "",
