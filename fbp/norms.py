@@ -306,24 +306,26 @@ def _skip_add(x, out, has_aux: bool):
     return x + y, aux
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _residual(f, has_aux, params, x):
-    return _skip_add(x, f(params, x), has_aux)
+def _residual_rule(f, has_aux: bool):
+    """The custom_vjp of (params, x) ↦ x + f(params, x) for one f (f and has_aux closed over,
+    so the rule's arguments are arrays only)."""
 
+    @jax.custom_vjp
+    def _residual(params, x):
+        return _skip_add(x, f(params, x), has_aux)
 
-def _residual_fwd(f, has_aux, params, x):
-    out = jax.vjp(f, params, x, has_aux=has_aux)
-    (y, f_vjp, aux) = out if has_aux else (*out, ())
-    return _skip_add(x, (y, aux), True), f_vjp   # res: f's own pullback (its saved values)
+    def _residual_fwd(params, x):
+        out = jax.vjp(f, params, x, has_aux=has_aux)
+        (y, f_vjp, aux) = out if has_aux else (*out, ())
+        return _skip_add(x, (y, aux), True), f_vjp   # res: f's own pullback (its saved values)
 
+    def _residual_bwd(f_vjp, g):
+        g_y, _ = g                        # aux is stop_gradient'ed by residual: cotangent 0
+        params_bar, x_bar = f_vjp(g_y)    # f's own hand-written rules run here
+        return params_bar, g_y + x_bar    # x̄ = ḡ + (VJP of f)(ḡ)
 
-def _residual_bwd(f, has_aux, f_vjp, g):
-    g_y, _ = g                        # aux is stop_gradient'ed by residual: its cotangent is 0
-    params_bar, x_bar = f_vjp(g_y)    # f's own hand-written rules run here
-    return params_bar, g_y + x_bar    # x̄ = ḡ + (VJP of f)(ḡ)
-
-
-_residual.defvjp(_residual_fwd, _residual_bwd)
+    _residual.defvjp(_residual_fwd, _residual_bwd)
+    return _residual
 
 
 def residual(f, *, has_aux: bool = False):
@@ -354,9 +356,11 @@ def residual(f, *, has_aux: bool = False):
     if not isinstance(has_aux, bool):
         raise TypeError(f"has_aux must be True or False; got {has_aux!r}.")
 
+    rule = _residual_rule(f, has_aux)
+
     def block(params, x):
         x = float_array(x, "x", min_rank=1)
-        y, aux = _residual(f, has_aux, params, x)
+        y, aux = rule(params, x)
         return (y, jax.lax.stop_gradient(aux)) if has_aux else y
 
     return block

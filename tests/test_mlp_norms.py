@@ -81,7 +81,9 @@ def _data(m, n_in, n_out, key=3):
 
 def _grads(loss_fn, params, x, y, act, residual, state, training=True):
     fn = partial(loss_fn, act=act, residual=residual, training=training)
-    return jax.jit(jax.value_and_grad(fn, has_aux=True))(params, x, y, state=state)
+    return jax.jit(jax.value_and_grad(fn, has_aux=True),
+                   compiler_options={"xla_backend_optimization_level": 0})(params, x, y,
+                                                                          state=state)
 
 
 def rel_err(a, b) -> float:

@@ -30,6 +30,7 @@ from fbp.norms import (
 
 F64 = jnp.float64
 EPS = 1e-5
+FAST = {"xla_backend_optimization_level": 0}   # these small programs run once: compile fast
 
 
 # ── independent references: plain jnp only ──
@@ -138,10 +139,11 @@ def test_four_way(op, shape, constant):
     """Forward and VJP vs the reference's autodiff, jacrev and central differences."""
     f, ref = OPS[op]
     primals = _args(op, shape, constant, jax.random.PRNGKey(sum(shape)))
-    y, y_ref = jax.jit(partial(_forward, f, ref))(primals)
+    y, y_ref = jax.jit(partial(_forward, f, ref), compiler_options=FAST)(primals)
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
     g = jax.random.normal(jax.random.PRNGKey(7), y.shape, F64)
-    ours, theirs, jac, jac_ref, fd = jax.jit(partial(_four_way, f, ref))(primals, g)
+    ours, theirs, jac, jac_ref, fd = jax.jit(partial(_four_way, f, ref),
+                                             compiler_options=FAST)(primals, g)
     assert jax.tree.structure(ours) == jax.tree.structure(primals)
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves((y, ours)))
     e_ad, e_jac, e_fd = rel_err(ours, theirs), rel_err(jac, jac_ref), rel_err(ours, fd)
@@ -152,23 +154,18 @@ def test_four_way(op, shape, constant):
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_jit_equals_eager(op):
-    f, _ = OPS[op]
-    primals = _args(op, (8, 5), False, jax.random.PRNGKey(1))
-    g = jax.random.normal(jax.random.PRNGKey(2), (8, 5), F64)
-    eager = vjp(f, primals, g)
-    assert rel_err(eager, jax.jit(partial(vjp, f))(primals, g)) <= 1e-14
-
-
-@pytest.mark.parametrize("op", OPS)
 def test_check_vjp_passes(op):
-    """fbp.check_vjp: structure, autodiff, jacobian, finite-diff, jit, vmap, rev-over-rev."""
+    """fbp.check_vjp: structure, autodiff, jacobian, finite-diff, jit (equals eager), vmap
+    (per-example equals a loop; not for batch_norm, whose per-example call is an error),
+    rev-over-rev."""
     f, ref = OPS[op]
     report = fbp.check_vjp(f, *_args(op, (8, 5), False, jax.random.PRNGKey(3)), reference=ref,
                            batch_argnums=() if op == "batch_norm" else None, name=op)
     print("\n" + str(report))
     assert report.ok, str(report)
-    assert {r.check for r in report.rows} >= {"autodiff", "jacobian", "finite-diff", "jit"}
+    checks = {r.check for r in report.rows if r.status == "ok"}
+    assert checks >= {"autodiff", "jacobian", "finite-diff", "jit", "rev-over-rev"}
+    assert ("vmap" in checks) == (op != "batch_norm")
 
 
 @pytest.mark.parametrize("op, saved", [
