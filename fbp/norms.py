@@ -341,8 +341,9 @@ def residual(f, *, has_aux: bool = False):
       carries ḡ from the loss to the first layer unchanged however small every J_fₗ is.
     Saves:    f's pullback from ``jax.vjp`` (whatever f's own rules save).
 
-    Everything f is differentiated with respect to must come in through ``params`` or ``x``:
-    values f closes over are constants to this rule.
+    Everything f is differentiated with respect to must come in through ``params`` or ``x``.
+    f may close over constants and values traced by ``jit``, but not over a value that an
+    outer ``jax.grad`` differentiates (JAX raises UnexpectedTracerError): pass it in params.
 
     Args:
       f: a function ``f(params, x) -> y`` with y shaped like x; with ``has_aux=True``

@@ -342,6 +342,22 @@ def test_residual_passes_the_cotangent_through_the_identity():
     np.testing.assert_array_equal(vjp(fbp_residual, (p, x), g)[1], g)
 
 
+def test_residual_f_must_take_what_is_differentiated_through_params():
+    """As documented: closing over a value an outer grad differentiates is a JAX error."""
+    x = jax.random.normal(jax.random.PRNGKey(17), (5,), F64)
+
+    def closing_over(c):
+        return jnp.sum(residual(lambda p, x: jnp.tanh(p * x * c))(jnp.ones(5, F64), x))
+
+    with pytest.raises(jax.errors.UnexpectedTracerError):
+        jax.grad(closing_over)(2.0)
+    through_params = jax.grad(lambda pc: jnp.sum(residual(
+        lambda pc, x: jnp.tanh(pc[0] * x * pc[1]))(pc, x)))((jnp.ones(5, F64), 2.0))
+    expected = jax.grad(lambda pc: jnp.sum(x + jnp.tanh(pc[0] * x * pc[1])))((jnp.ones(5, F64),
+                                                                              2.0))
+    assert rel_err(through_params, expected) <= 1e-14
+
+
 def test_residual_with_aux_carries_a_batch_norm_state():
     def bn_block(params, x):
         (d, bn), state = params
