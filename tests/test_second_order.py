@@ -191,3 +191,46 @@ def test_hvp_bad_input_errors(case, error, match):
     args, kwargs = _bad(case)
     with pytest.raises(error, match=match):
         hvp(*args, **kwargs)
+
+
+# ── fbp.check_vjp's second-order check: the hand-written rules are themselves differentiable ──
+
+def _second_order_cases():
+    k = jax.random.split(jax.random.key(11), 4)
+    z = jax.random.normal(k[0], (4, 3), jnp.float64)
+    params = fbp.init_mlp(k[1], [3, 4, 2], dtype=jnp.float64)
+    labels = jax.random.randint(k[2], (4,), 0, 3)
+    t = jax.random.uniform(k[3], (4, 3), jnp.float64)
+    return {
+        "sigmoid": (fbp.sigmoid, (z,)),
+        "tanh": (fbp.tanh, (z,)),
+        "gelu": (fbp.gelu, (z,)),
+        "softmax": (fbp.softmax, (z,)),
+        "dense": (fbp.dense, (params[0], z)),
+        "bce_with_logits": (lambda z: fbp.bce_with_logits(z, t), (z,)),
+        "softmax_cross_entropy": (lambda z: fbp.softmax_cross_entropy(z, labels), (z,)),
+        "mse": (lambda z: fbp.mse(z, t), (z,)),
+        "mlp_loss": (lambda p, x: fbp.mlp_loss(p, x, t[:, :2], "gelu", "mse"), (params, z)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_second_order_cases()))
+def test_fbp_rules_pass_check_vjp_second_order(name):
+    f, args = _second_order_cases()[name]
+    report = fbp.check_vjp(f, *args, checks=("rev-over-rev",))
+    assert report.ok, str(report)
+    assert report.rows and all(r.check == "rev-over-rev" for r in report.rows)
+
+
+def test_check_vjp_second_order_catches_a_rule_that_is_only_first_order_right():
+    """Negative control: σ' computed from a stop_gradient'ed output is right to first order
+    and wrong to second, so the rev-over-rev check must fail on it."""
+    @jax.custom_vjp
+    def bad_tanh(z):
+        return jnp.tanh(z)
+
+    bad_tanh.defvjp(lambda z: (jnp.tanh(z), jnp.tanh(z)),
+                    lambda h, g: (g * (1 - jax.lax.stop_gradient(h) ** 2),))
+    z = jax.random.normal(jax.random.key(12), (4, 3), jnp.float64)
+    assert fbp.check_vjp(bad_tanh, z, checks=("autodiff",)).ok
+    assert not fbp.check_vjp(bad_tanh, z, checks=("rev-over-rev",)).ok
