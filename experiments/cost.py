@@ -102,9 +102,14 @@ def run(quick: bool = False, out: Path = RESULTS) -> dict:
                                  [r["numerical_s"] for r in num_rows])
     bp_slope, bp_icpt = _slope([r["n_params"] for r in rows], [r["backprop_s"] for r in rows])
     n_max = rows[-1]["n_params"]
+    big = [r for r in rows if r["n_params"] >= 1e5]
+    bp_slope_big = (float(np.polyfit(np.log10([r["n_params"] for r in big]),
+                                     np.log10([r["backprop_s"] for r in big]), 1)[0])
+                    if len(big) >= 2 else None)
     result = {
         "batch": BATCH, "rows": rows,
         "numerical_slope": num_slope, "backprop_slope": bp_slope,
+        "backprop_slope_above_1e5_params": bp_slope_big,
         "numerical_extrapolated_s_at_n_max": 10 ** (num_icpt + num_slope * np.log10(n_max)),
         "n_max": n_max,
     }
@@ -146,12 +151,14 @@ def report(result: dict) -> str:
                else "not a clean n² versus n on this run (timings at these sizes are noisy or "
                "overhead-bound)")
     largest = [r for r in result["rows"] if "ratio" in r][-1]
+    big = result["backprop_slope_above_1e5_params"]
+    above = "" if big is None else f" (n^{big:.2f} from 10⁵ parameters on)"
     return "\n\n".join([
         "## Cost (§2.2): numerical gradient versus backprop as the parameter count grows",
         table(*_table(result)),
         "![](cost.png)",
         f"Fitted over the larger sizes, the numerical gradient's time grows as n^{a:.2f} and "
-        f"backprop's as n^{b:.2f}: {verdict}. Central differences need 2n forward passes of "
+        f"backprop's as n^{b:.2f}{above}: {verdict}. Central differences need 2n forward passes of "
         "O(n) work each, O(n²) per gradient; backprop costs about two passes, O(n) — and at "
         "small n both are dominated by fixed per-call overhead, so backprop's curve stays "
         "nearly flat until the matrix products outweigh it. At "
