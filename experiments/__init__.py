@@ -24,4 +24,6 @@ EXPERIMENTS = [
     "accumulation",
     "graph",
     "modes",
+    "distributed",
+    "curvature",
 ]
