@@ -168,10 +168,10 @@ def shape_hint(got_shape: tuple, want_shape: tuple) -> str:
         extra = got_shape[:len(got_shape) - k]
         return (f"extra leading axes {extra}: not summed over the batch? "
                 "(a parameter broadcast over the batch gets the sum of its cotangents)")
-    if len(got_shape) < k:
-        return "lower rank than the input: summed over an axis that should be kept?"
     if int(np.prod(got_shape)) == int(np.prod(want_shape)):
         return "same number of elements in another shape (a reshape or transposition slip?)"
+    if len(got_shape) < k:
+        return "lower rank than the input: summed over an axis that should be kept?"
     try:
         np.broadcast_shapes(got_shape, want_shape)
         return "broadcasts against the input but is not its shape (a broadcasting slip?)"

@@ -1,4 +1,4 @@
-r"""Every fbp op with random arguments and an independent reference, for ``python -m fbp.check``.
+r"""Every fbp op with random arguments and an independent reference: ``python -m fbp.check``.
 
 Each ``OpCase`` builds its arguments from a NumPy generator and a dtype, and names a
 reference built only from ``jax.nn``, ``optax.losses`` and plain ``jnp`` (never from fbp).
@@ -10,6 +10,9 @@ To add an op, append an ``OpCase``; ops of modules that are not there are left o
 from __future__ import annotations
 
 import importlib
+import math
+import sys
+import time
 from dataclasses import dataclass, field
 
 import jax
@@ -40,7 +43,8 @@ def _off_kink(rng, shape, dtype):
 
 def _dense_params(rng, dtype, n_in=N_IN, n_out=N_OUT):
     from fbp.linear import Dense
-    return Dense(_normal(rng, (n_out, n_in), dtype) / np.sqrt(n_in), _normal(rng, (n_out,), dtype))
+    return Dense(_normal(rng, (n_out, n_in), dtype) / float(np.sqrt(n_in)),
+                 _normal(rng, (n_out,), dtype))
 
 
 def _ref_dense(p, x):
@@ -123,10 +127,9 @@ def _norm_cases(norms) -> list:
 
 def _mlp_case(fbp) -> OpCase:
     def ref(params, x):
-        for W, b in params[:-1]:
-            x = jax.nn.sigmoid(x @ W.T + b)
-        W, b = params[-1]
-        return x @ W.T + b
+        for layer in params[:-1]:
+            x = jax.nn.sigmoid(_ref_dense(layer, x))
+        return _ref_dense(params[-1], x)
 
     return OpCase("mlp(2-4-1, sigmoid)", fbp.mlp, lambda r, d: (
         [_dense_params(r, d, 2, 4), _dense_params(r, d, 4, 1)], _normal(r, (M, 2), d)), ref)
@@ -142,3 +145,58 @@ def op_cases() -> list:
         except (ImportError, AttributeError):
             continue
     return cases
+
+
+# ── python -m fbp.check ──
+
+def check_all_ops(dtype="float64", seed: int = 0, **kwargs) -> list:
+    """``(case name, VJPReport, seconds)`` for every op in the table."""
+    from fbp.check import check_vjp
+
+    results = []
+    for n, case in enumerate(op_cases()):
+        args = case.make_args(np.random.default_rng(seed + n), jnp.dtype(dtype))
+        start = time.perf_counter()
+        report = check_vjp(case.fn, *args, reference=case.reference, name=case.name,
+                           seed=seed + n, **{**case.kwargs, **kwargs})
+        results.append((case.name, report, time.perf_counter() - start))
+    return results
+
+
+def summary_table(results) -> str:
+    """One line per op: the worst relative error of each check, and the verdict."""
+    from fbp.check import ALL_CHECKS
+
+    cols = [c for c in ALL_CHECKS if c != "structure"]
+    lines = [f"{'op':<38}" + "".join(f"{c:>13}" for c in cols) + f"{'time':>8}  status"]
+    for name, report, seconds in results:
+        worst = []
+        for c in cols:
+            rels = [r.rel for r in report.rows if r.check == c and not math.isnan(r.rel)]
+            fails = any(r.check == c and r.status == "FAIL" for r in report.rows)
+            worst.append("FAIL" if fails and not rels else
+                         f"{max(rels):.1e}" if rels else "–")
+        lines.append(f"{name:<38}" + "".join(f"{w:>13}" for w in worst)
+                     + f"{seconds:>7.1f}s  {'ok' if report.ok else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """``python -m fbp.check``: every op in float64 (``--float32``: float32); print the table.
+
+    ``--verbose`` prints every op's full report too.  Returns 1 if any op fails, else 0.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    dtype = "float32" if "--float32" in argv else "float64"
+    jax.config.update("jax_enable_x64", True)
+    start = time.perf_counter()
+    results = check_all_ops(dtype)
+    total = time.perf_counter() - start
+    print(f"fbp.check_vjp over {len(results)} ops, {dtype}: worst relative error per check "
+          "(structure, autodiff, full Jacobian, finite differences, jit, vmap, rev-over-rev)\n")
+    print(summary_table(results))
+    failed = [r for _, r, _ in results if not r.ok]
+    for report in failed + ([r for _, r, _ in results] if "--verbose" in argv else []):
+        print("\n" + str(report))
+    print(f"\n{len(results) - len(failed)} of {len(results)} ops pass; {total:.1f} s in all.")
+    return 1 if failed else 0

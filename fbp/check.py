@@ -27,17 +27,30 @@ hints from ``fbp._diagnose`` where the error has a recognisable shape.
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fbp._diagnose import diagnose, shape_hint
-from fbp.numerical import _jit_call, _numerical_vjp, rel_error
+from fbp._report import Row, VJPCheckError, VJPReport, _compare, _short, _worst
+from fbp._rules import (
+    _arg_names,
+    _custom_vjp_calls,
+    _dtype,
+    _dtype_of,
+    _float_leaves,
+    _is_dynamic,
+    _is_float,
+    _leaf_labels,
+    _no_ints,
+    _primal_of,
+    _random_like,
+    _structure_rows,
+)
+from fbp.numerical import _jit_call, _numerical_vjp
+
+__all__ = ["ALL_CHECKS", "TOLERANCES", "VJPCheckError", "VJPReport", "check_vjp"]
 
 # The two-point stencil (step ∛ε) in the checks: half the evaluations of the default
 # five-point one, and ~1e-10 relative in float64, far inside the finite-difference tolerance.
@@ -50,276 +63,12 @@ ALL_CHECKS = ("structure", "autodiff", "jacobian", "finite-diff", "jit", "vmap",
 
 # (rtol, atol) for comparisons against exact derivatives, and for finite differences.
 TOLERANCES = {
-    "float64": {"exact": (1e-9, 1e-12), "fd": (1e-6, 1e-9)},
-    "float32": {"exact": (1e-4, 1e-6), "fd": (2e-2, 1e-4)},
+    "float64": {"exact": (1e-10, 1e-13), "fd": (1e-7, 1e-10)},
+    "float32": {"exact": (1e-5, 1e-7), "fd": (1e-3, 1e-5)},
     "float16": {"exact": (1e-2, 1e-3), "fd": (2e-1, 1e-2)},
     "bfloat16": {"exact": (2e-2, 1e-2), "fd": (3e-1, 1e-1)},
 }
 
-
-class VJPCheckError(AssertionError):
-    """A VJP failed ``check_vjp``; the message is the report's table."""
-
-
-@dataclass
-class Row:
-    check: str
-    arg: str
-    status: str                     # "ok", "FAIL" or "skip"
-    max_abs: float = math.nan
-    rel: float = math.nan
-    index: tuple | None = None
-    expected: float = math.nan
-    got: float = math.nan
-    hints: list = field(default_factory=list)
-
-
-@dataclass
-class VJPReport:
-    """What ``check_vjp`` found: ``rows`` (one per check and argument leaf) and ``.ok``."""
-
-    name: str
-    dtype: str
-    rows: list
-    notes: list
-
-    @property
-    def ok(self) -> bool:
-        return all(r.status != "FAIL" for r in self.rows)
-
-    @property
-    def failures(self) -> list:
-        return [r for r in self.rows if r.status == "FAIL"]
-
-    def __str__(self) -> str:
-        n_fail = len(self.failures)
-        head = f"check_vjp({self.name}) {self.dtype}: " + (
-            "ok" if self.ok else f"FAILED {n_fail} of {len(self.rows)} rows")
-        lines = [head] + [f"  note: {n}" for n in self.notes]
-        lines.append(f"  {'check':<13} {'argument':<18} {'max|Δ|':>9} {'rel err':>9}  "
-                     f"{'worst at':<12} {'expected':>11} {'got':>11}  status")
-        for r in self.rows:
-            idx = "" if r.index is None else str(tuple(int(i) for i in r.index))
-            num = "" if r.status == "skip" and math.isnan(r.rel) else (
-                f"{r.max_abs:>9.2e} {r.rel:>9.2e}  {idx:<12} {r.expected:>11.4g} {r.got:>11.4g}")
-            lines.append(f"  {r.check:<13} {r.arg:<18} {num:<66}  {r.status}"
-                         if num else f"  {r.check:<13} {r.arg:<18} {'':<66}  {r.status}")
-            lines += [f"      ↳ {h}" for h in r.hints]
-        return "\n".join(lines)
-
-
-# ── the custom_vjp rules f calls: recorded (for the structure check) or switched off ──
-
-@contextlib.contextmanager
-def _custom_vjp_calls(record: list | None = None, unwrap: bool = False):
-    """Within: record the outermost ``jax.custom_vjp`` calls, or (``unwrap``) make every
-    ``jax.custom_vjp`` and ``jax.custom_jvp`` run its undecorated primal code instead."""
-    classes = (jax.custom_vjp, jax.custom_jvp) if unwrap else (jax.custom_vjp,)
-    originals, depth = [c.__call__ for c in classes], [0]
-
-    def primal(self, *args, **kwargs):
-        return self.fun(*args, **kwargs)
-
-    def recording(self, *args, **kwargs):
-        if depth[0] == 0 and record is not None:
-            record.append((self, args, kwargs))
-        depth[0] += 1
-        try:
-            return originals[0](self, *args, **kwargs)
-        finally:
-            depth[0] -= 1
-
-    for c in classes:
-        c.__call__ = primal if unwrap else recording
-    try:
-        yield
-    finally:
-        for c, orig in zip(classes, originals, strict=True):
-            c.__call__ = orig
-
-
-def _primal_of(f):
-    """f with every custom rule it calls switched off: JAX's autodiff of the forward code."""
-    if isinstance(f, (jax.custom_vjp, jax.custom_jvp)):
-        return f.fun
-
-    def primal(*args):
-        with _custom_vjp_calls(unwrap=True):
-            return f(*args)
-    return primal
-
-
-# ── arguments: array pytrees are differentiated, anything else is held static ──
-
-def _is_dynamic(arg) -> bool:
-    leaves = jax.tree_util.tree_leaves(arg)
-    return bool(leaves) and all(isinstance(x, (jax.Array, np.ndarray)) for x in leaves)
-
-
-def _arg_names(f, n: int) -> list[str]:
-    try:
-        params = list(inspect.signature(f).parameters.values())
-    except (TypeError, ValueError):
-        params = []
-    names = []
-    for i in range(n):
-        if i < len(params) and params[i].kind in (params[i].POSITIONAL_ONLY,
-                                                  params[i].POSITIONAL_OR_KEYWORD):
-            names.append(params[i].name)
-        else:
-            names.append(f"args[{i}]")
-    return names
-
-
-def _leaf_labels(tree, name: str) -> list[str]:
-    paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return [name + jax.tree_util.keystr(p) for p, _ in paths]
-
-
-def _dtype(x):
-    return x.dtype if hasattr(x, "dtype") else jnp.result_type(x)
-
-
-def _is_float(x) -> bool:
-    return x is not None and jnp.issubdtype(_dtype(x), jnp.floating)
-
-
-def _no_ints(tree):
-    """Non-float leaves (float0 cotangents of integer inputs) → None, inside a trace."""
-    return jax.tree_util.tree_map(lambda x: x if _is_float(x) else None, tree)
-
-
-def _float_leaves(tree) -> list:
-    """Leaves with None for non-float ones (float0 cotangents of integer inputs)."""
-    leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: x is None)
-    return [np.asarray(x) if _is_float(x) else None for x in leaves]
-
-
-def _random_like(rng: np.random.Generator, tree):
-    """Standard normal arrays shaped like ``tree`` (drawn by NumPy: nothing to compile)."""
-    return jax.tree_util.tree_map(
-        lambda x: jnp.asarray(rng.standard_normal(np.shape(x)), _dtype(x)), tree)
-
-
-def _dtype_of(leaves) -> str:
-    floats = [jnp.asarray(x).dtype for x in leaves if _is_float(x)]
-    if not floats:
-        raise TypeError("check_vjp needs at least one floating-point array argument.")
-    return str(max(floats, key=lambda d: float(jnp.finfo(d).eps)))
-
-
-def _short(err: Exception) -> str:
-    text = f"{type(err).__name__}: {err}".strip().splitlines()[0]
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-# ── comparisons → rows ──
-
-def _row(check, label, exp, got, tol, hint_tol, others, ref, slices) -> Row:
-    if exp is None and got is None:
-        return Row(check, label, "ok")
-    if exp is None or got is None:
-        missing = "the rule" if got is None else "the reference"
-        return Row(check, label, "FAIL", hints=[f"{missing} gives no cotangent here"])
-    exp, got = np.asarray(exp, np.float64), np.asarray(got, np.float64)
-    if exp.shape != got.shape:
-        return Row(check, label, "FAIL",
-                   hints=[f"shape {got.shape}, expected {exp.shape}: "
-                          f"{shape_hint(got.shape, exp.shape)}"])
-    diff = np.abs(got - exp)
-    if diff.size == 0:
-        return Row(check, label, "ok", 0.0, 0.0)
-    diff = np.where(np.isnan(diff), np.inf, diff)
-    flat = int(np.argmax(diff))
-    idx = np.unravel_index(flat, diff.shape)
-    rel = rel_error(exp, got) if np.all(np.isfinite(got)) else math.inf
-    max_abs = float(diff.ravel()[flat])
-    passed = rel <= tol[0] or max_abs <= tol[1]
-    hints = [] if passed else diagnose(got, exp, tol=hint_tol, ref=ref, others=others,
-                                       slices=slices)
-    return Row(check, label, "ok" if passed else "FAIL", max_abs, rel, idx,
-               float(exp.ravel()[flat]), float(got.ravel()[flat]), hints)
-
-
-def _compare(check, labels, exps, gots, tol, *, ref="autodiff", slices=True) -> list:
-    hint_tol = min(max(10 * tol[0], 1e-3), 5e-2)
-    rows = []
-    for i, (label, e, g) in enumerate(zip(labels, exps, gots, strict=True)):
-        others = {labels[j]: exps[j] for j in range(len(labels)) if j != i
-                  and exps[j] is not None}
-        rows.append(_row(check, label, e, g, tol, hint_tol, others, ref, slices))
-    return rows
-
-
-def _worst(row_sets: list) -> list:
-    """Per leaf, the row of the worst of several comparisons (several cotangents)."""
-    def badness(r):
-        return (r.status == "FAIL", r.rel if not math.isnan(r.rel) else -1.0)
-    return [max(rs, key=badness) for rs in zip(*row_sets, strict=True)]
-
-
-# ── structure: call each recorded rule's fwd and bwd directly ──
-
-def _structure_rows(record, f, f_names, rng) -> list:
-    rows = []
-    for rule, args, kwargs in record:
-        prefix = "" if rule is f else f"{getattr(rule, '__name__', 'rule')}: "
-        try:
-            pos = inspect.signature(rule.fun).bind(*args, **kwargs).args
-            names = f_names if rule is f else _arg_names(rule.fun, len(pos))
-            nondiff = tuple(rule.nondiff_argnums)
-            out, res = rule.fwd(*pos)
-            cts = rule.bwd(*[pos[i] for i in nondiff], res,
-                           _random_like(rng, out))
-        except Exception as err:  # noqa: BLE001 — reported, not raised
-            rows.append(Row("structure", prefix + "(rule)", "FAIL", hints=[_short(err)]))
-            continue
-        diff = [i for i in range(len(pos)) if i not in nondiff]
-        if not isinstance(cts, (tuple, list)) or len(cts) != len(diff):
-            got = (f"{type(cts).__name__} of length {len(cts)}"
-                   if isinstance(cts, (tuple, list)) else type(cts).__name__)
-            rows.append(Row("structure", prefix + "(all)", "FAIL", hints=[
-                f"bwd returned a {got}; it must return a tuple with one cotangent per "
-                f"differentiable argument ({', '.join(names[i] for i in diff)})"]))
-            continue
-        bad = []
-        for i, ct in zip(diff, cts, strict=True):
-            if ct is None:
-                continue
-            primal_leaves, treedef = jax.tree_util.tree_flatten(pos[i])
-            try:
-                ct_leaves = treedef.flatten_up_to(ct)
-            except (ValueError, TypeError):
-                bad.append(Row("structure", prefix + names[i], "FAIL", hints=[
-                    f"cotangent structure {jax.tree_util.tree_structure(ct)} does not match "
-                    f"the input's {treedef}"]))
-                continue
-            leaf_labels = _leaf_labels(pos[i], names[i])
-            for label, p, c in zip(leaf_labels, primal_leaves, ct_leaves, strict=True):
-                problem = _leaf_problem(p, c)
-                if problem:
-                    bad.append(Row("structure", prefix + label, "FAIL", hints=[problem]))
-        rows += bad or [Row("structure", prefix + "(all)", "ok")]
-    return rows
-
-
-def _leaf_problem(p, c) -> str:
-    if c is None:
-        return ""
-    p_aval, c_shape = jax.typeof(p), tuple(np.shape(c))
-    c_dtype = jnp.result_type(c)
-    if not jnp.issubdtype(p_aval.dtype, jnp.inexact):
-        if c_dtype == jax.dtypes.float0:
-            return ""
-        return (f"the input is {p_aval.dtype} (not differentiable) but the rule returned "
-                f"{c_dtype}{list(c_shape)}; return None for it (JAX silently discards this)")
-    if c_shape != p_aval.shape:
-        return (f"cotangent shape {c_shape} for an input of shape {p_aval.shape}: "
-                f"{shape_hint(c_shape, p_aval.shape)}")
-    if c_dtype != p_aval.dtype:
-        return (f"cotangent dtype {c_dtype} for a {p_aval.dtype} input (JAX accepts it "
-                "silently, but the gradient changes precision)")
-    return ""
 
 
 # ── the checker: each check is a traced computation and a comparison of its results ──
@@ -382,8 +131,8 @@ def check_vjp(f, *args, reference=None, checks=ALL_CHECKS, n_cotangents: int = 3
       max_jacobian_rows: full Jacobian up to this many outputs, projections beyond.
       n_projections: random ⟨u, J v⟩ per argument leaf for large outputs.
       batch_argnums: positions of the arguments whose axis 0 is the batch, for the vmap
-        check; default: every plain array argument with ndim ≥ 1 (they must agree on the
-        batch size).  ``()`` skips the vmap check.
+        check; default: the highest-rank array argument, and every other array argument
+        with the same leading size.  ``()`` skips the vmap check.
       seed: seeds the NumPy generator of the random cotangents and projections.
       raise_on_fail: raise ``VJPCheckError`` with the table when a row fails.
       name: the name printed in the report.
@@ -423,7 +172,7 @@ def check_vjp(f, *args, reference=None, checks=ALL_CHECKS, n_cotangents: int = 3
         raise TypeError(f"{name} must return floating-point arrays to have a VJP.")
     if "structure" in checks:
         if record:
-            rows += _structure_rows(record, f, names, rng)
+            rows += _structure_rows(record, f, names)
         else:
             notes.append(f"{name} calls no jax.custom_vjp: nothing for the structure check")
     try:
@@ -469,11 +218,12 @@ def check_vjp(f, *args, reference=None, checks=ALL_CHECKS, n_cotangents: int = 3
     if "jit" in checks:
         tasks.append(_Task("jit", rule, (dyn, us[0]), lambda res: _compare(
             "jit", labels, eager, _float_leaves(res), exact, ref="eager")))
-    alone = []
+    alone, alone_task = [], None
     if "vmap" in checks:
         vm_tasks, note = _vmap_tasks(g, ref_g, args, dyn, dyn_pos, batch_argnums, labels,
                                      exact, rng, alone)
-        tasks += vm_tasks
+        tasks += vm_tasks[:1]
+        alone_task = vm_tasks[1] if len(vm_tasks) > 1 else None
         if note:
             notes.append(note)
             rows.append(Row("vmap", "(all)", "skip"))
@@ -486,12 +236,17 @@ def check_vjp(f, *args, reference=None, checks=ALL_CHECKS, n_cotangents: int = 3
     elif "rev-over-rev" in checks:
         tasks.append(_rev_over_rev_task(g, dyn, us[0], labels, fd, eps, rng))
     rows += _run(tasks)
+    if alone_task and any(r.status == "FAIL" and r.check in _NUMERIC for r in rows):
+        _run([alone_task])      # only for a hint, so only when there is something to explain
     if alone and all(alone):
         for r in rows:
-            if r.status == "FAIL" and r.check in ("autodiff", "jacobian", "finite-diff"):
+            if r.status == "FAIL" and r.check in _NUMERIC:
                 r.hints.append("correct for each example alone (batch size 1) but not for "
                                "the batch: the rule mixes examples or mishandles the batch axis")
     return _finish(VJPReport(name, dtype, rows, notes), raise_on_fail)
+
+
+_NUMERIC = ("autodiff", "jacobian", "finite-diff")
 
 
 def _finish(report: VJPReport, raise_on_fail: bool) -> VJPReport:
@@ -566,9 +321,12 @@ def _jacobian_task(g, ref_g, dyn, out, labels, tol, max_rows, n_proj, rng) -> _T
 def _vmap_tasks(g, ref_g, args, dyn, dyn_pos, batch_argnums, labels, tol, rng, alone):
     """vmap of per-example VJPs vs a loop; and (into ``alone``) whether each example
     alone, as a batch of one, agrees with the reference."""
-    if batch_argnums is None:
+    if batch_argnums is None:   # the highest-rank array sets m; arrays of leading size m join
         cand = [i for i in dyn_pos if isinstance(args[i], (jax.Array, np.ndarray))
                 and np.ndim(args[i]) >= 1]
+        if cand:
+            lead = max(cand, key=lambda i: (np.ndim(args[i]), -i))
+            cand = [i for i in cand if np.shape(args[i])[0] == np.shape(args[lead])[0]]
     else:
         cand = [int(i) for i in np.atleast_1d(np.asarray(batch_argnums, int))]
     sizes = {np.shape(args[i])[0] for i in cand}
@@ -654,60 +412,7 @@ def _rev_over_rev_task(g, dyn, u, labels, tol, eps, rng) -> _Task:
         ref="finite differences"))
 
 
-# ── python -m fbp.check: every fbp op, float64 ──
-
-def check_all_ops(dtype="float64", seed: int = 0, **kwargs) -> list:
-    """``(case name, VJPReport, seconds)`` for every op in ``fbp._op_table``."""
-    import time
-
-    from fbp._op_table import op_cases
-
-    results = []
-    for n, case in enumerate(op_cases()):
-        args = case.make_args(np.random.default_rng(seed + n), jnp.dtype(dtype))
-        start = time.perf_counter()
-        report = check_vjp(case.fn, *args, reference=case.reference, name=case.name,
-                           seed=seed + n, **{**case.kwargs, **kwargs})
-        results.append((case.name, report, time.perf_counter() - start))
-    return results
-
-
-def summary_table(results) -> str:
-    """One line per op: the worst relative error of each check, and the verdict."""
-    cols = [c for c in ALL_CHECKS if c != "structure"]
-    lines = [f"{'op':<34}" + "".join(f"{c:>13}" for c in cols) + f"{'time':>8}  status"]
-    for name, report, seconds in results:
-        worst = []
-        for c in cols:
-            rels = [r.rel for r in report.rows if r.check == c and not math.isnan(r.rel)]
-            fails = any(r.check == c and r.status == "FAIL" for r in report.rows)
-            worst.append("FAIL" if fails and not rels else
-                         f"{max(rels):.1e}" if rels else "–")
-        lines.append(f"{name:<34}" + "".join(f"{w:>13}" for w in worst)
-                     + f"{seconds:>7.1f}s  {'ok' if report.ok else 'FAIL'}")
-    return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    """Check every fbp op in float64 (or ``--float32``); print the table; 1 if any fails."""
-    import sys
-    import time
-
-    argv = sys.argv[1:] if argv is None else argv
-    dtype = "float32" if "--float32" in argv else "float64"
-    jax.config.update("jax_enable_x64", True)
-    start = time.perf_counter()
-    results = check_all_ops(dtype)
-    total = time.perf_counter() - start
-    print(f"fbp.check_vjp over {len(results)} ops, {dtype}: worst relative error per check "
-          "(structure, autodiff, full Jacobian, finite differences, jit, vmap, rev-over-rev)\n")
-    print(summary_table(results))
-    failed = [r for _, r, _ in results if not r.ok]
-    for report in failed + ([r for _, r, _ in results] if "--verbose" in argv else []):
-        print("\n" + str(report))
-    print(f"\n{len(results) - len(failed)} of {len(results)} ops pass; {total:.1f} s in all.")
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
+    from fbp._op_table import main
+
     raise SystemExit(main())

@@ -125,9 +125,15 @@ def numerical_vjp(f, args, cotangent, eps: float | None = None, order: int = 4,
     """
     if not isinstance(args, tuple):
         raise TypeError(f"args must be a tuple of f's arguments; got {type(args).__name__}.")
+    _check_order(order)
     batch_size = _batch_size(args, batch_size)
     return _jit_call(lambda a, ct: _numerical_vjp(f, a, ct, eps, order, batch_size),
                      args, cotangent)
+
+
+def _check_order(order) -> None:
+    if order not in (2, 4) or isinstance(order, bool):
+        raise ValueError(f"order must be 2 or 4; got {order!r}.")
 
 
 def _n_coords(tree) -> int:
@@ -146,9 +152,8 @@ def _batch_size(tree, batch_size) -> int:
 
 def _numerical_vjp(f, args, cotangent, eps=None, order=4, batch_size=None):
     """``numerical_vjp`` without the jit around it (for use inside a traced function)."""
+    _check_order(order)
     batch_size = _batch_size(args, batch_size)
-    if order not in (2, 4):
-        raise ValueError(f"order must be 2 or 4; got {order!r}.")
     flat, rel_eps, unravel, cotangent_tree = _ravel(args, order)
     if eps is not None:
         rel_eps = jnp.full_like(rel_eps, eps)
@@ -195,6 +200,7 @@ def numerical_grad(f, *args, argnums=0, eps: float | None = None, order: int = 4
     if not nums or any(not isinstance(i, int) or not -len(args) <= i < len(args) for i in nums):
         raise ValueError(f"argnums must index the {len(args)} arguments; got {argnums!r}.")
     nums = tuple(i % len(args) for i in nums)
+    _check_order(order)
 
     value = jax.eval_shape(f, *args)
     if getattr(value, "shape", None) != ():

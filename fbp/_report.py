@@ -1,0 +1,113 @@
+r"""What ``fbp.check_vjp`` reports: one ``Row`` per (check, argument leaf), and the table."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fbp._diagnose import diagnose, shape_hint
+from fbp.numerical import rel_error
+
+
+class VJPCheckError(AssertionError):
+    """A VJP failed ``check_vjp``; the message is the report's table."""
+
+
+@dataclass
+class Row:
+    check: str
+    arg: str
+    status: str                     # "ok", "FAIL" or "skip"
+    max_abs: float = math.nan
+    rel: float = math.nan
+    index: tuple | None = None
+    expected: float = math.nan
+    got: float = math.nan
+    hints: list = field(default_factory=list)
+
+
+@dataclass
+class VJPReport:
+    """What ``check_vjp`` found: ``rows`` (one per check and argument leaf) and ``.ok``."""
+
+    name: str
+    dtype: str
+    rows: list
+    notes: list
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status != "FAIL" for r in self.rows)
+
+    @property
+    def failures(self) -> list:
+        return [r for r in self.rows if r.status == "FAIL"]
+
+    def __str__(self) -> str:
+        n_fail = len(self.failures)
+        head = f"check_vjp({self.name}) {self.dtype}: " + (
+            "ok" if self.ok else f"FAILED {n_fail} of {len(self.rows)} rows")
+        lines = [head] + [f"  note: {n}" for n in self.notes]
+        lines.append(f"  {'check':<13} {'argument':<18} {'max|Δ|':>9} {'rel err':>9}  "
+                     f"{'worst at':<12} {'expected':>11} {'got':>11}  status")
+        for r in self.rows:
+            idx = "" if r.index is None else str(tuple(int(i) for i in r.index))
+            num = "" if r.status == "skip" and math.isnan(r.rel) else (
+                f"{r.max_abs:>9.2e} {r.rel:>9.2e}  {idx:<12} {r.expected:>11.4g} {r.got:>11.4g}")
+            lines.append(f"  {r.check:<13} {r.arg:<18} {num:<66}  {r.status}"
+                         if num else f"  {r.check:<13} {r.arg:<18} {'':<66}  {r.status}")
+            lines += [f"      ↳ {h}" for h in r.hints]
+        return "\n".join(lines)
+
+
+
+def _short(err: Exception) -> str:
+    text = f"{type(err).__name__}: {err}".strip().splitlines()[0]
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+# ── comparisons → rows ──
+
+def _row(check, label, exp, got, tol, hint_tol, others, ref, slices) -> Row:
+    if exp is None and got is None:
+        return Row(check, label, "ok")
+    if exp is None or got is None:
+        missing = "the rule" if got is None else "the reference"
+        return Row(check, label, "FAIL", hints=[f"{missing} gives no cotangent here"])
+    exp, got = np.asarray(exp, np.float64), np.asarray(got, np.float64)
+    if exp.shape != got.shape:
+        return Row(check, label, "FAIL",
+                   hints=[f"shape {got.shape}, expected {exp.shape}: "
+                          f"{shape_hint(got.shape, exp.shape)}"])
+    diff = np.abs(got - exp)
+    if diff.size == 0:
+        return Row(check, label, "ok", 0.0, 0.0)
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    flat = int(np.argmax(diff))
+    idx = np.unravel_index(flat, diff.shape)
+    rel = rel_error(exp, got) if np.all(np.isfinite(got)) else math.inf
+    max_abs = float(diff.ravel()[flat])
+    passed = rel <= tol[0] or max_abs <= tol[1]
+    hints = [] if passed else diagnose(got, exp, tol=hint_tol, ref=ref, others=others,
+                                       slices=slices)
+    return Row(check, label, "ok" if passed else "FAIL", max_abs, rel, idx,
+               float(exp.ravel()[flat]), float(got.ravel()[flat]), hints)
+
+
+def _compare(check, labels, exps, gots, tol, *, ref="autodiff", slices=True) -> list:
+    hint_tol = min(max(10 * tol[0], 1e-3), 5e-2)
+    rows = []
+    for i, (label, e, g) in enumerate(zip(labels, exps, gots, strict=True)):
+        others = {labels[j]: exps[j] for j in range(len(labels)) if j != i
+                  and exps[j] is not None}
+        rows.append(_row(check, label, e, g, tol, hint_tol, others, ref, slices))
+    return rows
+
+
+def _worst(row_sets: list) -> list:
+    """Per leaf, the row of the worst of several comparisons (several cotangents)."""
+    def badness(r):
+        return (r.status == "FAIL", r.rel if not math.isnan(r.rel) else -1.0)
+    return [max(rs, key=badness) for rs in zip(*row_sets, strict=True)]

@@ -1,0 +1,191 @@
+"""fbp.check_vjp: the report and its errors, the hints, the CLI (the op table: test_check_ops)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fbp
+import fbp._op_table as op_table
+import fbp.testing
+from fbp._diagnose import diagnose, shape_hint
+from fbp.check import ALL_CHECKS
+
+# ── a small rule to exercise the report: y = x ⊙ w, w broadcast over the batch ──
+
+def scale_fn(x, w):
+    return x * jnp.broadcast_to(w, x.shape)
+
+
+def scale_fwd(x, w):
+    return scale_fn(x, w), (x, w)
+
+
+def scale_bwd_right(res, g):
+    x, w = res
+    return g * jnp.broadcast_to(w, x.shape), jnp.sum((g * x).reshape(-1, x.shape[-1]), axis=0)
+
+
+def scale_bwd_sign(res, g):
+    x_bar, w_bar = scale_bwd_right(res, g)
+    return x_bar, -w_bar
+
+
+def make(bwd):
+    f = jax.custom_vjp(scale_fn)
+    f.defvjp(scale_fwd, bwd)
+    return f
+
+
+X = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4)))
+W = jnp.asarray(np.random.default_rng(1).standard_normal(4))
+
+
+def test_report_table_rows_and_ok():
+    report = fbp.check_vjp(make(scale_bwd_right), X, W)
+    assert report.ok and not report.failures
+    assert {(r.check, r.arg) for r in report.rows} >= {
+        (c, a) for c in ALL_CHECKS[1:] for a in ("x", "w")}
+    text = str(report)
+    assert text.startswith("check_vjp(scale_fn) float64: ok")
+    assert "finite-diff" in text and "rev-over-rev" in text and "FAIL" not in text
+
+
+def test_failing_report_names_argument_element_and_hint():
+    report = fbp.check_vjp(make(scale_bwd_sign), X, W)
+    assert not report.ok
+    assert {r.arg for r in report.failures} == {"w"}
+    row = next(r for r in report.failures if r.check == "autodiff")
+    assert row.got == pytest.approx(-row.expected)
+    assert row.rel == pytest.approx(1.0)                # ‖2e‖ / 2‖e‖
+    assert "sign flipped" in str(report)
+    assert "FAILED" in str(report).splitlines()[0]
+
+
+def test_raise_on_fail_and_assert_vjp_correct():
+    with pytest.raises(fbp.VJPCheckError, match="sign flipped") as info:
+        fbp.check_vjp(make(scale_bwd_sign), X, W, raise_on_fail=True)
+    assert isinstance(info.value, AssertionError)
+    assert "autodiff" in str(info.value) and " w " in str(info.value)
+    with pytest.raises(AssertionError, match="w"):
+        fbp.testing.assert_vjp_correct(make(scale_bwd_sign), X, W)
+    assert fbp.testing.assert_vjp_correct(make(scale_bwd_right), X, W).ok
+
+
+def test_python_numbers_are_static_and_a_reference_can_be_given():
+    z = jnp.linspace(-2.0, 2.0, 8).reshape(2, 4) + 0.1
+    report = fbp.check_vjp(fbp.leaky_relu, z, 0.3, reference=lambda z, a: jax.nn.leaky_relu(z, a))
+    assert report.ok, str(report)
+    assert {r.arg for r in report.rows} == {"z", "_leaky_relu: (all)"}
+    assert any("the one given" in n for n in report.notes)
+
+
+def test_default_reference_is_autodiff_of_the_primal_code_of_a_wrapper():
+    report = fbp.check_vjp(fbp.tanh, X)
+    assert report.ok, str(report)
+    assert any("undecorated primal" in n for n in report.notes)
+
+
+def test_a_wrong_reference_is_caught_by_the_reference_checks_only():
+    report = fbp.check_vjp(fbp.sigmoid, X, reference=lambda z: jnp.tanh(z))
+    assert {r.check for r in report.failures} == {"autodiff", "jacobian"}
+
+
+def test_large_outputs_use_random_projections():
+    report = fbp.check_vjp(make(scale_bwd_sign), X, W, max_jacobian_rows=4,
+                           checks=("jacobian",))
+    assert {r.arg for r in report.rows} == {"x ⟨u,Jv⟩", "w ⟨u,Jv⟩"}
+    assert {r.arg for r in report.failures} == {"w ⟨u,Jv⟩"}
+
+
+def test_a_rule_that_only_takes_batches_fails_the_vmap_check_with_the_reason():
+    def bwd_2d_only(res, g):
+        x, w = res
+        return g * jnp.broadcast_to(w, x.shape), jnp.einsum("mn,mn->n", g, x)
+
+    report = fbp.check_vjp(make(bwd_2d_only), X, W)
+    (row,) = report.failures
+    assert row.check == "vmap" and "single example" in row.hints[0]
+    assert fbp.check_vjp(make(bwd_2d_only), X, W, batch_argnums=()).ok
+
+
+def test_bad_calls_say_what_is_wrong():
+    with pytest.raises(ValueError, match="checks"):
+        fbp.check_vjp(fbp.tanh, X, checks=("autodif",))
+    with pytest.raises(ValueError, match="array argument"):
+        fbp.check_vjp(lambda a: a * 2.0, 3.0)
+
+
+# ── the hints, on arrays alone ──
+
+A = np.random.default_rng(2).standard_normal((4, 3))
+SQ = np.random.default_rng(3).standard_normal((3, 3))
+
+
+def _one_row_off(a):
+    b = a.copy()
+    b[2] += 1.0
+    return b
+
+
+@pytest.mark.parametrize("got, exp, hint", [
+    (-A, A, "sign flipped"),
+    (4 * A, A, "off by a constant factor 4 (missing 1/4?"),
+    (A / 3, A, "an extra 1/3"),
+    (0 * A, A, "zero where autodiff is not"),
+    (SQ.T, SQ, "looks transposed"),
+    (A.T.reshape(4, 3), A, "transposed and then reshaped"),
+    (_one_row_off(A), A, "differs only on one batch row: row 2"),
+    (np.where(A > 0, A, 0.0), A, "zero at"),
+    (np.where(A > 0, A, 0.1 * A), A, "there off by a constant factor 0.1"),
+    (np.broadcast_to(A.sum(0), A.shape), A, "the same along axis 0"),
+])
+def test_diagnose_recognises(got, exp, hint):
+    hints = diagnose(np.asarray(got), exp)
+    assert any(hint in h for h in hints), hints
+
+
+def test_diagnose_names_the_argument_a_cotangent_belongs_to():
+    other = np.random.default_rng(4).standard_normal((4, 3))
+    hints = diagnose(other, A, others={"y": other})
+    assert any("equals the expected cotangent of y" in h for h in hints)
+
+
+def test_diagnose_stays_quiet_without_a_pattern_and_when_right():
+    noise = np.random.default_rng(5).standard_normal((4, 3))
+    assert diagnose(A + noise, A) == []
+    assert diagnose(A * (1 + 1e-9), A) == []
+    assert diagnose(np.full((2,), np.nan), A[0, :2]) == [
+        "non-finite values (NaN/inf) in the rule's cotangent"]
+
+
+@pytest.mark.parametrize("got, want, hint", [
+    ((3, 5), (5, 3), "looks transposed"),
+    ((4, 5), (5,), "not summed over the batch"),
+    ((5,), (5, 3), "lower rank"),
+    ((15,), (5, 3), "same number of elements"),
+    ((1, 5), (4, 5), "broadcasts against the input"),
+])
+def test_shape_hints(got, want, hint):
+    assert hint in shape_hint(got, want)
+
+
+# ── python -m fbp.check ──
+
+def _case(name, bwd):
+    return op_table.OpCase(name, make(bwd), lambda r, d: (X.astype(d), W.astype(d)),
+                           scale_fn)
+
+
+def test_cli_prints_the_table_and_exits_1_on_a_failure(monkeypatch, capsys):
+    monkeypatch.setattr(op_table, "op_cases", lambda: [_case("scale", scale_bwd_right)])
+    assert op_table.main([]) == 0
+    out = capsys.readouterr().out
+    assert "scale" in out and "1 of 1 ops pass" in out
+    monkeypatch.setattr(op_table, "op_cases", lambda: [_case("scale", scale_bwd_right),
+                                                       _case("scale-bug", scale_bwd_sign)])
+    assert op_table.main([]) == 1
+    out = capsys.readouterr().out
+    assert "1 of 2 ops pass" in out and "sign flipped" in out
