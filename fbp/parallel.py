@@ -23,6 +23,8 @@ process (on Cloud TPU / SLURM / Open MPI it finds the coordinator itself; elsewh
 lists every device of every host, so ``default_mesh()`` spans them all and ``lax.pmean``
 becomes a cross-host all-reduce; each process feeds its own slice of the global batch
 through ``shard_batch``.  Nothing else changes: there is no other distributed engine.
+(CPU-only processes need ``jax.config.update("jax_cpu_collectives_implementation", "gloo")``
+before ``initialize``; tests/test_parallel.py runs two such processes of 2 devices each.)
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ The reference is the same ``grad_fn`` jitted on the whole batch on one device.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -156,6 +157,52 @@ def test_all_reduce_in_hlo_and_input_errors(workers, n):
     assert f"{n} devices" in r["uneven_error"]
     assert r["per_example_error"] is not None
     assert "deltas[0]" in r["per_example_error"]
+
+
+MULTIHOST_WORKER = r"""
+import json, sys
+import jax
+pid, address = int(sys.argv[1]), sys.argv[2]
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(coordinator_address=address, num_processes=2, process_id=pid)
+import jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+import fbp
+
+params = fbp.init_mlp(jax.random.key(0), [3, 8, 1], dtype=jnp.float64)
+x = jax.random.normal(jax.random.key(1), (16, 3), jnp.float64)
+y = (x[:, :1] > 0).astype(jnp.float64)
+grad_fn = lambda p, x, y: fbp.backprop(p, x, y, "tanh")[:2]
+half = slice(8 * pid, 8 * (pid + 1))           # this process's half of the global batch
+got = fbp.data_parallel(grad_fn)(params, fbp.shard_batch(np.asarray(x[half])),
+                                 fbp.shard_batch(np.asarray(y[half])))
+want = grad_fn(params, x, y)                    # the whole batch, on this process alone
+err = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+          for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+print("RESULT " + json.dumps({"devices": jax.device_count(), "processes": jax.process_count(),
+                              "err": err}))
+"""
+
+
+def test_same_code_runs_across_processes_with_jax_distributed():
+    """Two processes × 2 CPU devices joined by jax.distributed.initialize (collectives over
+    gloo): each feeds half the batch through shard_batch; the all-reduced gradient equals
+    the whole-batch gradient in both processes."""
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        address = f"localhost:{sock.getsockname()[1]}"
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2 "
+                         "--xla_backend_optimization_level=0")
+    procs = [subprocess.Popen([sys.executable, "-c", MULTIHOST_WORKER, str(pid), address],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for pid in (0, 1)]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+        r = json.loads(next(s for s in stdout.splitlines() if s.startswith("RESULT "))[7:])
+        assert (r["devices"], r["processes"]) == (4, 2)
+        assert r["err"] <= 1e-12
 
 
 # ── in this process (one device): the API's own errors ──
