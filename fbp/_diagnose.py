@@ -72,6 +72,26 @@ def _subset_hint(got, exp, tol: float, ref: str, scale: float) -> str | None:
     return None
 
 
+def _axis_factor_hint(got, exp, tol: float) -> str | None:
+    """got = exp scaled by a factor that varies along one axis only (a per-row/column scale)."""
+    if exp.ndim < 2:
+        return None
+    for axis in range(exp.ndim):
+        if exp.size // exp.shape[axis] < 4:      # too few values per slice to tell
+            continue
+        e, g = np.moveaxis(exp, axis, 0), np.moveaxis(got, axis, 0)
+        ee = np.sum(e * e, axis=tuple(range(1, e.ndim)))
+        if np.any(ee == 0):
+            continue
+        k = np.sum(g * e, axis=tuple(range(1, e.ndim))) / ee
+        fitted = k.reshape((-1,) + (1,) * (e.ndim - 1)) * e
+        if _close(g, fitted, tol) and np.ptp(k) > tol * np.max(np.abs(k)):
+            shown = ", ".join(f"{v:.3g}" for v in k[:4]) + (", …" if k.size > 4 else "")
+            return (f"off by a factor that varies along axis {axis} only ({shown}): a missing "
+                    "per-feature or per-example scale (γ, 1/σ, a mask)?")
+    return None
+
+
 def _transpose_hint(got, exp, tol: float) -> str | None:
     if exp.ndim < 2:
         return None
@@ -130,7 +150,8 @@ def diagnose(got, exp, *, tol: float = 1e-3, ref: str = "autodiff", others=None,
       ref: the name of the expected values in the sentences ("autodiff", ...).
       others: ``{label: expected cotangent}`` of the other arguments, to recognise a
         cotangent returned for the wrong argument.
-      slices: look for an error confined to one index of one axis.
+      slices: look for structure along the axes (an error confined to one index of one
+        axis, a factor varying along one axis); off for Jacobians, whose rows are sparse.
     """
     got = np.asarray(got, np.float64)
     exp = np.asarray(exp, np.float64)
@@ -150,6 +171,7 @@ def diagnose(got, exp, *, tol: float = 1e-3, ref: str = "autodiff", others=None,
                              "(returned for the wrong argument?)")
     scale = max(_norm(exp), _norm(got)) / np.sqrt(max(exp.size, 1))
     for hint in (_ratio_hint(got, exp, tol, ref), _transpose_hint(got, exp, tol),
+                 _axis_factor_hint(got, exp, tol) if slices else None,
                  _subset_hint(got, exp, tol, ref, scale),
                  _slice_hint(got, exp, tol, scale) if slices else None,
                  _copied_hint(got, exp, tol)):

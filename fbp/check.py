@@ -48,7 +48,7 @@ from fbp._rules import (
     _random_like,
     _structure_rows,
 )
-from fbp.numerical import _jit_call, _numerical_vjp
+from fbp.numerical import _jit_call, _numerical_vjp, rel_error
 
 __all__ = ["ALL_CHECKS", "TOLERANCES", "VJPCheckError", "VJPReport", "check_vjp"]
 
@@ -98,6 +98,10 @@ def _run(tasks: list) -> list:
             if not t.quiet:
                 rows.append(Row(t.check, "(all)", "FAIL", hints=[t.why + _short(err)]))
     return rows
+
+
+def _scale(tree, k):
+    return jax.tree_util.tree_map(lambda x: k * x, tree)
 
 
 def _stack(trees):
@@ -193,7 +197,7 @@ def check_vjp(f, *args, reference=None, checks=ALL_CHECKS, n_cotangents: int = 3
     def rule(d, u):
         return _no_ints(jax.vjp(g, *d)[1](u))
 
-    tasks = []
+    tasks, nonlinear = [], []
     if "autodiff" in checks:
         def autodiff(d, us):    # vmap over the cotangents: one copy of each VJP to compile
             ref_vjp, rule_vjp = jax.vjp(ref_g, *d)[1], jax.vjp(g, *d)[1]
@@ -201,11 +205,16 @@ def check_vjp(f, *args, reference=None, checks=ALL_CHECKS, n_cotangents: int = 3
 
         def autodiff_rows(res):
             e, r = _float_leaves(res[0]), _float_leaves(res[1])
+            n = len(us)          # the last cotangent is 2·us[0]: a VJP is linear in ḡ
+            nonlinear.extend(lab for lab, x in zip(labels, r, strict=True) if x is not None
+                             and rel_error(2 * x[0], x[n]) > exact[0] and
+                             np.max(np.abs(2 * x[0] - x[n])) > exact[1])
             return _worst([_compare("autodiff", labels, [None if x is None else x[k] for x in e],
                                     [None if x is None else x[k] for x in r], exact)
-                           for k in range(len(us))])
+                           for k in range(n)])
 
-        tasks.append(_Task("autodiff", autodiff, (dyn, _stack(us)), autodiff_rows))
+        tasks.append(_Task("autodiff", autodiff, (dyn, _stack([*us, _scale(us[0], 2)])),
+                           autodiff_rows))
     if "jacobian" in checks:
         tasks.append(_jacobian_task(g, ref_g, dyn, out, labels, exact, max_jacobian_rows,
                                     n_projections, rng))
@@ -238,6 +247,10 @@ def check_vjp(f, *args, reference=None, checks=ALL_CHECKS, n_cotangents: int = 3
     rows += _run(tasks)
     if alone_task and any(r.status == "FAIL" and r.check in _NUMERIC for r in rows):
         _run([alone_task])      # only for a hint, so only when there is something to explain
+    for r in rows:
+        if r.status == "FAIL" and r.check in _NUMERIC and r.arg in nonlinear:
+            r.hints.insert(0, "not linear in the incoming cotangent ḡ: the rule ignores ḡ "
+                              "(assumes ḡ = 1?) or adds a term that does not scale with it")
     if alone and all(alone):
         for r in rows:
             if r.status == "FAIL" and r.check in _NUMERIC:

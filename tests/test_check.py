@@ -141,6 +141,7 @@ def _one_row_off(a):
     (np.where(A > 0, A, 0.0), A, "zero at"),
     (np.where(A > 0, A, 0.1 * A), A, "there off by a constant factor 0.1"),
     (np.broadcast_to(A.sum(0), A.shape), A, "the same along axis 0"),
+    (A * np.array([1.0, 2.0, -0.5]), A, "varies along axis 1 only"),
 ])
 def test_diagnose_recognises(got, exp, hint):
     hints = diagnose(np.asarray(got), exp)

@@ -86,6 +86,10 @@ def sce_fn(z, labels):
     return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], axis=-1))
 
 
+def scaled_standardise_fn(x, gamma):
+    return standardise_fn(x) * jnp.broadcast_to(gamma, x.shape)
+
+
 def standardise_fn(x):
     mu = jnp.mean(x, axis=0, keepdims=True)
     return (x - mu) / jnp.sqrt(jnp.mean((x - mu) ** 2, axis=0, keepdims=True) + 1e-5)
@@ -149,6 +153,17 @@ def standardise_bwd(res, g):
     return ((g - mean(g) - y * mean(g * y)) / sigma,)
 
 
+def scaled_standardise_bwd(res, g, with_gamma=True):
+    (x, gamma), y = res
+    x_hat = standardise_fn(x)
+    g_hat = g * jnp.broadcast_to(gamma, g.shape) if with_gamma else g
+    x_bar = standardise_bwd(((x,), x_hat), g_hat)[0]
+    return x_bar, jnp.sum(g * x_hat, axis=0)
+
+
+GAMMA = jnp.asarray(rng.uniform(0.5, 2.0, N_IN))
+X6 = jnp.asarray(rng.standard_normal((6, N_IN)))
+
 CORRECT = [
     ("dense", rule(dense_fn, dense_bwd), (P, X)),
     ("dense (square W)", rule(dense_fn, dense_bwd), (P_SQ, X)),
@@ -161,13 +176,15 @@ CORRECT = [
     ("mse", rule(mse_fn, mse_bwd), (Y_HAT, Y)),
     ("softmax_cross_entropy", rule(sce_fn, sce_bwd), (Z, LABELS)),
     ("standardise", rule(standardise_fn, standardise_bwd), (X,)),
+    ("batch norm (γ)", rule(scaled_standardise_fn, scaled_standardise_bwd), (X6, GAMMA),
+     {"batch_argnums": ()}),        # batch statistics: no per-example version
 ]
 
 
 # ── planted bugs: (name, rule, args, arguments it gets wrong, hint or None) ──
 
-def _bug(name, fwd_value, bwd, args, wrong, hint=None, nondiff=()):
-    return pytest.param(rule(fwd_value, bwd, nondiff), args, wrong, hint, id=name)
+def _bug(name, fwd_value, bwd, args, wrong, hint=None, nondiff=(), **kwargs):
+    return pytest.param(rule(fwd_value, bwd, nondiff), args, wrong, hint, kwargs, id=name)
 
 
 def _dense(W_bar=None, b_bar=None, x_bar=None):
@@ -225,6 +242,12 @@ BUGS = [
     _bug("standardisation backward drops the mean terms", standardise_fn,
          lambda res, g: (g / jnp.sqrt(jnp.var(res[0][0], axis=0, keepdims=True) + 1e-5),), (X,),
          {"x"}),
+    _bug("batch-norm backward without the factor gamma", scaled_standardise_fn,
+         partial(scaled_standardise_bwd, with_gamma=False), (X6, GAMMA), {"x"},
+         "varies along axis 1 only", batch_argnums=()),
+    _bug("loss rule that ignores the incoming cotangent (assumes g = 1)", bce_fn,
+         lambda res, g: bce_bwd(res, 1.0), (LOGITS, Y01), {"z", "y"},
+         "not linear in the incoming cotangent"),
     _bug("correct only for batch size 1: <g, s> over every element", softmax_fn,
          lambda res, g: (res[1] * (g - jnp.sum(g * res[1])),), (Z,), {"z"},
          "correct for each example alone (batch size 1)"),
@@ -245,9 +268,9 @@ def failing_args(report) -> set:
     return {r.arg for r in report.failures}
 
 
-@pytest.mark.parametrize("f, args, wrong, hint", BUGS)
-def test_planted_bug_is_caught_named_and_explained(f, args, wrong, hint):
-    report = fbp.check_vjp(f, *args)
+@pytest.mark.parametrize("f, args, wrong, hint, kwargs", BUGS)
+def test_planted_bug_is_caught_named_and_explained(f, args, wrong, hint, kwargs):
+    report = fbp.check_vjp(f, *args, **kwargs)
     assert not report.ok, str(report)
     assert failing_args(report) == wrong, str(report)
     if hint is not None:
@@ -255,7 +278,8 @@ def test_planted_bug_is_caught_named_and_explained(f, args, wrong, hint):
         assert any(hint in h for h in hints), str(report)
 
 
-@pytest.mark.parametrize("name, f, args", CORRECT, ids=[c[0] for c in CORRECT])
-def test_correct_rule_is_not_flagged(name, f, args):
-    report = fbp.check_vjp(f, *args)
+@pytest.mark.parametrize("name, f, args, kwargs", [(*c, {})[:4] for c in CORRECT],
+                         ids=[c[0] for c in CORRECT])
+def test_correct_rule_is_not_flagged(name, f, args, kwargs):
+    report = fbp.check_vjp(f, *args, **kwargs)
     assert report.ok, str(report)
