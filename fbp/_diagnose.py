@@ -22,6 +22,10 @@ def _close(a, b, tol: float) -> bool:
     return _norm(a - b) <= tol * (_norm(a) + _norm(b)) or _norm(a - b) == 0.0
 
 
+def _is(ref: str) -> str:
+    return "are" if ref.endswith("s") else "is"
+
+
 def _nice_factor(k: float, tol: float) -> str:
     """A reading of a ratio k: 'missing 1/n?' for k ≈ n, 'an extra 1/n?' for k ≈ 1/n."""
     mag = abs(k)
@@ -43,7 +47,7 @@ def _ratio_hint(got, exp, tol: float, ref: str) -> str | None:
     if not _close(got, k * exp, tol):
         return None
     if abs(k) <= tol:
-        return f"zero where {ref} is not (a missing term or a wrong mask?)"
+        return f"zero where {ref} {_is(ref)} not (a missing term or a wrong mask?)"
     if abs(k + 1) <= tol:
         return "sign flipped (got = −expected)"
     if abs(k - 1) <= tol:
@@ -52,7 +56,7 @@ def _ratio_hint(got, exp, tol: float, ref: str) -> str | None:
     return f"off by a constant factor {k:.6g}{sign}{_nice_factor(k, tol)}"
 
 
-def _subset_hint(got, exp, tol: float, ref: str, scale: float) -> str | None:
+def _subset_hint(got, exp, tol: float, ref: str, scale: float, factors=True) -> str | None:
     """The error sits on a subset of elements and has one shape there (zeros, a factor)."""
     diff = np.abs(got - exp)
     bad = diff > tol * scale
@@ -61,10 +65,10 @@ def _subset_hint(got, exp, tol: float, ref: str, scale: float) -> str | None:
         return None
     g, e = got[bad], exp[bad]
     if _norm(g) <= tol * _norm(e):
-        return (f"zero at {n_bad} of {n} elements where {ref} is not "
+        return (f"zero at {n_bad} of {n} elements where {ref} {_is(ref)} not "
                 "(a wrong mask or a dropped term?)")
     ee = float(np.vdot(e, e))
-    if ee > 0.0:
+    if ee > 0.0 and factors:
         k = float(np.vdot(g, e)) / ee
         if _close(g, k * e, tol) and abs(k - 1) > tol:
             what = "sign flipped" if abs(k + 1) <= tol else f"off by a constant factor {k:.6g}"
@@ -128,6 +132,8 @@ def _slice_hint(got, exp, tol: float, scale: float) -> str | None:
 
 def _copied_hint(got, exp, tol: float) -> str | None:
     """got repeats one value along an axis where exp does not (summed, then broadcast)."""
+    if _norm(got) <= tol * _norm(exp):          # all zeros: said already
+        return None
     for axis in range(exp.ndim):
         if exp.shape[axis] < 2:
             continue
@@ -172,7 +178,7 @@ def diagnose(got, exp, *, tol: float = 1e-3, ref: str = "autodiff", others=None,
     scale = max(_norm(exp), _norm(got)) / np.sqrt(max(exp.size, 1))
     for hint in (_ratio_hint(got, exp, tol, ref), _transpose_hint(got, exp, tol),
                  _axis_factor_hint(got, exp, tol) if slices else None,
-                 _subset_hint(got, exp, tol, ref, scale),
+                 _subset_hint(got, exp, tol, ref, scale, factors=slices),
                  _slice_hint(got, exp, tol, scale) if slices else None,
                  _copied_hint(got, exp, tol)):
         if hint:

@@ -225,7 +225,8 @@ BUGS = [
          lambda res, g: (g * sigmoid_grad(jax.nn.sigmoid(res[1])),), (Z,), {"z"}),
     _bug("missing sigma' factor", sigmoid_fn, lambda res, g: (g,), (Z,), {"z"}),
     _bug("softmax VJP: diagonal of the Jacobian only", softmax_fn,
-         lambda res, g: (g * res[1] * (1 - res[1]),), (Z,), {"z"}),
+         lambda res, g: (g * res[1] * (1 - res[1]),), (Z,), {"z"},
+         "zero at 80 of 400 elements"),        # the off-diagonal Jacobian entries
     _bug("wrong leaky slope (0.01 for alpha = 0.2)", leaky_fn,
          lambda alpha, res, g: (jnp.where(res[0][0] > 0, g, 0.01 * g),),
          (Z_OFF_KINK, 0.2), {"z"}, "there off by a constant factor 0.05", nondiff=(1,)),
@@ -260,7 +261,8 @@ BUGS = [
          _dense(W_bar=lambda g, x: (g.T @ x).astype(jnp.float32)), (P, X), {"params.W"},
          "cotangent dtype float32"),
     _bug("first order right, not differentiable (stop_gradient in the rule)", sigmoid_fn,
-         lambda res, g: (g * jax.lax.stop_gradient(sigmoid_grad(res[1])),), (Z,), {"z"}),
+         lambda res, g: (g * jax.lax.stop_gradient(sigmoid_grad(res[1])),), (Z,), {"z"},
+         "zero where finite differences are not"),
 ]
 
 
