@@ -105,7 +105,7 @@ def _decay(norms: np.ndarray) -> float:
 
 
 def run(quick: bool = False, out: Path = RESULTS) -> dict:
-    depths, width, steps = ([6], 8, 10) if quick else ([50], 32, 300)
+    depths, width, steps = ([6], 8, 10) if quick else ([50], 32, 200)
     deepest = depths[-1]
     rows, curves = [], {}
     with jax.enable_x64(True):
