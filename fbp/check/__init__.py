@@ -423,9 +423,3 @@ def _rev_over_rev_task(g, dyn, u, labels, tol, eps, rng) -> _Task:
     return _Task("rev-over-rev", both, (dyn, u, ws), lambda res: _compare(
         "rev-over-rev", labels, _float_leaves(res[0]), _float_leaves(res[1]), tol,
         ref="finite differences"))
-
-
-if __name__ == "__main__":
-    from fbp._op_table import main
-
-    raise SystemExit(main())
