@@ -1,4 +1,4 @@
-"""``python -m experiments [NAME ...] [--quick]``: run the experiments and write results/REPORT.md."""
+"""``python -m experiments [NAME ...] [--quick]``: run experiments, write results/REPORT.md."""
 
 from __future__ import annotations
 
