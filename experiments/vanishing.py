@@ -89,7 +89,7 @@ def exploding(depth: int, width: int, steps: int, x, y) -> dict:
     he = fbp.init_mlp(jax.random.key(7), [width] * (depth + 1) + [1], "he", jnp.float64)
     params = [fbp.Dense(1.5 * W, b) for W, b in he]
     grad_fn = jax.value_and_grad(lambda p, x, y: fbp.mlp_loss(p, x, y, "relu"))
-    global_norm = jax.jit(lambda p: optax.global_norm(grad_fn(p, x, y)[1]))
+    global_norm = jax.jit(lambda p: optax.tree.norm(grad_fn(p, x, y)[1]))
     sgd = optax.sgd(1e-3)
     out = {"grad_norm_at_init": float(global_norm(params)),
            "grad_norm_at_he_scale": float(global_norm(he))}
