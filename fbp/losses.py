@@ -40,15 +40,21 @@ def _float_target(y, like, name: str, like_name: str):
 
 # ── binary cross-entropy on logits (fused) ──
 
+def _softplus(z):
+    """log(1 + e^z) = max(z, 0) + log1p(e^{−|z|}): never overflows, exact for both signs."""
+    return jnp.maximum(z, 0) + jnp.log1p(jnp.exp(-jnp.abs(z)))
+
+
 def bce_with_logits_delta(z, y):
-    """∂L/∂z of the mean BCE on logits: (σ(z) − y) / N."""
-    return (jax.nn.sigmoid(z) - y) / _count(z)
+    """∂L/∂z of the mean BCE on logits: (σ(z) − y) / N, written (1 − y)σ(z) − yσ(−z) so that a
+    confidently right prediction keeps its tiny gradient instead of rounding 1 − 1 to 0."""
+    return ((1 - y) * jax.nn.sigmoid(z) - y * jax.nn.sigmoid(-z)) / _count(z)
 
 
 @jax.custom_vjp
 def _bce_with_logits(z, y):
-    # softplus(z) − y z, with softplus(z) = max(z, 0) + log1p(e^{−|z|}) (never overflows)
-    return jnp.mean(jnp.maximum(z, 0) + jnp.log1p(jnp.exp(-jnp.abs(z))) - y * z)
+    # softplus(z) − y z = y·softplus(−z) + (1 − y)·softplus(z): no cancellation for either label
+    return jnp.mean(y * _softplus(-z) + (1 - y) * _softplus(z))
 
 
 def _bce_with_logits_fwd(z, y):
@@ -66,9 +72,10 @@ _bce_with_logits.defvjp(_bce_with_logits_fwd, _bce_with_logits_bwd)
 def bce_with_logits(logits, y):
     r"""Binary cross-entropy of sigmoid(logits) against targets y, fused and stable.
 
-    Forward:  L = (1/N) Σ [softplus(z) − y z],  softplus(z) = max(z, 0) + log(1 + e^{−|z|}),
-              which equals −(1/N) Σ [y log σ(z) + (1 − y) log(1 − σ(z))] exactly, without
-              ever forming log σ(z) (no overflow, no log 0; no +1e-8 needed).
+    Forward:  L = (1/N) Σ [softplus(z) − y z] = (1/N) Σ [y softplus(−z) + (1 − y) softplus(z)],
+              softplus(z) = max(z, 0) + log(1 + e^{−|z|}); this equals
+              −(1/N) Σ [y log σ(z) + (1 − y) log(1 − σ(z))] exactly, without ever forming
+              log σ(z) (no overflow, no log 0, no cancellation; no +1e-8 needed).
     VJP:      z̄ = ḡ (σ(z) − y) / N   — the tutorial's "惊人的简洁性" (§5 step 1): σ' cancels
               the 1/(ŷ(1 − ŷ)) of the log, leaving ŷ − y.
               ȳ = −ḡ z / N.

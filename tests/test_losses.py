@@ -123,3 +123,17 @@ def test_label_range_is_checked_in_eager_mode_only_where_values_exist():
     """Inside jit the labels are abstract: the shape is still checked, the range cannot be."""
     with pytest.raises(ValueError, match="integer labels must have shape"):
         jax.jit(fbp.softmax_cross_entropy)(Z, jnp.array([0, 1]))
+
+
+def test_bce_with_logits_keeps_relative_precision_when_confidently_right():
+    """y softplus(−z) + (1 − y) softplus(z) and (1 − y)σ(z) − yσ(−z): no 1 − 1 cancellation.
+    The naive softplus(z) − y z rounds the float32 loss at z = 30, y = 1 to exactly 0."""
+    z = jnp.array([30.0, -30.0, 12.0], jnp.float32)
+    y = jnp.array([1.0, 0.0, 1.0], jnp.float32)
+    exact_terms = np.log1p(np.exp(-np.abs(np.asarray(z, np.float64))))
+    exact_grad = np.array([-1 / (1 + np.exp(30.0)), 1 / (1 + np.exp(30.0)),
+                           -1 / (1 + np.exp(12.0))]) / 3                   # (σ(z) − y)/N
+    assert float(fbp.bce_with_logits(z, y)) == pytest.approx(exact_terms.mean(), rel=1e-6)
+    np.testing.assert_allclose(jax.grad(fbp.bce_with_logits)(z, y), exact_grad, rtol=1e-6)
+    naive = jnp.mean(jax.nn.softplus(z) - y * z)
+    assert float(naive) != pytest.approx(exact_terms.mean(), rel=1e-2)
