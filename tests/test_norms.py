@@ -27,6 +27,7 @@ from fbp.norms import (
     layer_norm,
     residual,
 )
+from tests._proof import central_vjp, rel_err, vjp
 
 F64 = jnp.float64
 EPS = 1e-5
@@ -64,31 +65,6 @@ fbp_residual = residual(tanh_block)
 
 def fbp_batch_norm(params, x):
     return batch_norm(params, x)[0]
-
-
-# ── small local proof helpers ──
-
-def rel_err(a, b) -> float:
-    fa, fb = (np.asarray(ravel_pytree(t)[0], np.float64) for t in (a, b))
-    den = np.linalg.norm(fa) + np.linalg.norm(fb)
-    return 0.0 if den == 0 else float(np.linalg.norm(fa - fb) / den)
-
-
-def vjp(fn, primals, g):
-    return jax.vjp(fn, *primals)[1](g)
-
-
-def central_vjp(fn, primals, g, rel_step=1e-6):
-    """⟨ḡ, (f(p + h eᵢ) − f(p − h eᵢ)) / 2h⟩ for every input coordinate i."""
-    flat, unravel = ravel_pytree(primals)
-    h = rel_step * jnp.maximum(1.0, jnp.abs(flat))
-
-    def directional(i):
-        e = jnp.zeros_like(flat).at[i].set(h[i])
-        diff = fn(*unravel(flat + e)) - fn(*unravel(flat - e))
-        return jnp.sum(g * diff) / (2 * h[i])
-
-    return unravel(jax.vmap(directional)(jnp.arange(flat.size)))
 
 
 def _params(key, n, cls):
