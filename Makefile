@@ -29,7 +29,8 @@ experiments: $(STAMP)
 	$(BIN)/python -m experiments
 
 # one experiment alone: `make xor` runs `python -m experiments.xor` (add QUICK=--quick)
-EXPERIMENT_TARGETS := xor activations stability gradcheck cost vanishing accumulation graph modes
+EXPERIMENT_TARGETS := xor activations stability gradcheck cost vanishing accumulation graph modes \
+                      distributed curvature
 .PHONY: $(EXPERIMENT_TARGETS)
 $(EXPERIMENT_TARGETS): $(STAMP)
 	$(BIN)/python -m experiments.$@ $(QUICK)
