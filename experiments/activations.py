@@ -44,14 +44,16 @@ def run(quick: bool = False, out: Path = RESULTS) -> dict:
     rows = {}
     curves = {}
     with jax.enable_x64(True):
-        z = jnp.linspace(-6.0, 6.0, n, dtype=jnp.float64)
+        # linspace's midpoint is only ~1e-16 from 0: put z = 0 on the grid exactly (the kinks)
+        z = jnp.linspace(-6.0, 6.0, n, dtype=jnp.float64).at[n // 2].set(0.0)
         for name, (op, ref, formula) in ACTIVATIONS.items():
             h, dh = _value_and_derivative(op)(z)
             h_ref, dh_ref = _value_and_derivative(ref)(z)
             rows[name] = {
                 "formula": formula,
                 "max_abs_diff_value": float(jnp.max(jnp.abs(h - h_ref))),
-                "max_abs_diff_derivative": float(jnp.max(jnp.abs(dh - dh_ref))),
+                # away from z = 0, where the one-sided conventions of the kinks may differ
+                "max_abs_diff_derivative": float(jnp.max(jnp.abs(dh - dh_ref).at[n // 2].set(0))),
                 "derivative_at_0": [float(dh[n // 2]), float(dh_ref[n // 2])],
             }
             curves[name] = [np.asarray(v) for v in (h, dh, dh_ref)]
@@ -88,6 +90,19 @@ def _table(result):
     return headers, rows
 
 
+def _at_zero(result: dict) -> str:
+    """What the kinks do at exactly z = 0, from the data."""
+    differ = {name: r["derivative_at_0"] for name, r in result["activations"].items()
+              if r["derivative_at_0"][0] != r["derivative_at_0"][1]}
+    if not differ:
+        return "At z = 0 both take the same one-sided value for every activation. "
+    said = "; ".join(f"{name}: fbp {a:g}, jax.nn {b:g}" for name, (a, b) in differ.items())
+    return (f"At exactly z = 0 the conventions differ ({said}): fbp follows the tutorial's "
+            "§8 (ReLU' = 0 and LeakyReLU' = α for z ≤ 0), while `jax.nn.leaky_relu` is written "
+            "with z ≥ 0 on the linear side. It is a choice of subgradient at one point, not an "
+            "error; fbp's tests compare away from the kink for this reason. ")
+
+
 def report(result: dict) -> str:
     g = result["grid"]
     return "\n\n".join([
@@ -96,9 +111,9 @@ def report(result: dict) -> str:
         "![](activations.png)",
         f"On {g['points']} points of [{g['low']:g}, {g['high']:g}] in {g['dtype']}, every "
         "hand-written derivative equals JAX's autodiff of the `jax.nn` reference to "
-        f"{result['max_abs_diff_derivative']:.1e} at most (rounding only), including the kinks "
-        "of ReLU and leaky ReLU at z = 0, where both take the same one-sided value (0 and α). "
-        "GELU's derivative Φ(z) + z φ(z), which the tutorial writes with ≈, is exact.",
+        f"{result['max_abs_diff_derivative']:.1e} at most (rounding only) away from z = 0. "
+        + _at_zero(result)
+        + "GELU's derivative Φ(z) + z φ(z), which the tutorial writes with ≈, is exact.",
     ])
 
 
