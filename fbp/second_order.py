@@ -12,14 +12,13 @@ Jacobians from ``softmax_vjp`` and ``sigmoid_grad``.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from fbp._checks import float_array
 from fbp.activations import (
+    _INV_SQRT_2PI,
     ACTIVATIONS,
     DERIVATIVES,
     gelu,
@@ -31,12 +30,19 @@ from fbp.activations import (
     tanh,
 )
 from fbp.linear import Dense, dense
-from fbp.losses import DELTAS, LOSSES, bce_with_logits, mse, softmax_cross_entropy
+from fbp.losses import (
+    DELTAS,
+    LOSSES,
+    _batch_count,
+    _count,
+    bce_with_logits,
+    mse,
+    softmax_cross_entropy,
+)
 from fbp.mlp import _check_params, _skips, resolve_activation, resolve_loss
 
 __all__ = ["hessian", "hvp"]
 
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 # ── σ'' for each activation, from what the forward keeps (z and h = σ(z)) ──
@@ -72,10 +78,6 @@ SECOND_DERIVATIVES = {
 
 # ── R{δ_L}: the loss Hessian with respect to the logits, applied to R{z_L} ──
 
-def _count(z) -> int:
-    return max(math.prod(z.shape), 1)
-
-
 def _r_output_delta(loss_fn, z, y, r_z):
     r"""R{δ_L} = (∂²L/∂z²) R{z} for δ_L from ``fbp.losses``' ``*_delta`` helpers."""
     if loss_fn is bce_with_logits:                     # δ = (σ(z) − y)/N
@@ -83,8 +85,7 @@ def _r_output_delta(loss_fn, z, y, r_z):
     if loss_fn is mse:                                 # δ = 2(z − y)/N
         return 2 * r_z / _count(z)
     # softmax CE: δ = (s Σ_k t_k − t)/m, so R{δ} = Σ_k t_k (diag(s) − s sᵀ) R{z} / m
-    m = max(math.prod(z.shape[:-1]), 1)
-    r_delta = softmax_vjp(jax.nn.softmax(z, axis=-1), r_z) / m
+    r_delta = softmax_vjp(jax.nn.softmax(z, axis=-1), r_z) / _batch_count(z)
     if jnp.issubdtype(y.dtype, jnp.integer):
         return r_delta
     return r_delta * jnp.sum(y, axis=-1, keepdims=True)
