@@ -24,7 +24,7 @@ import numpy as np
 import fbp
 from experiments._common import RESULTS, cli, save, table
 from experiments.xor import X, Y, _fbp_params, tutorial_init, tutorial_train
-from fbp._op_table import op_cases
+from fbp.check.op_table import op_cases
 from fbp.numerical import numerical_grad, rel_error
 
 # the three proofs of each rule; `make check` (python -m fbp.check) adds jit, vmap and

@@ -14,13 +14,14 @@ Every op is a public function that validates its inputs and calls a private
 ``jax.custom_vjp`` whose backward is the hand-derived formula in its docstring.
 """
 
-from fbp import forward
-from fbp.activations import gelu, leaky_relu, relu, sigmoid, softmax, tanh
+from fbp import activations, forward, linear, losses, norms  # noqa: F401  (old module paths)
 from fbp.check import VJPCheckError, VJPReport, check_vjp
-from fbp.linear import Dense, dense, init_dense
-from fbp.losses import bce, bce_with_logits, mse, softmax_cross_entropy
-from fbp.mlp import Backprop, NormDense, backprop, init_mlp, mlp, mlp_loss
-from fbp.norms import (
+from fbp.nets.mlp import Backprop, NormDense, backprop, init_mlp, mlp, mlp_loss
+from fbp.numerical import numerical_grad, numerical_vjp, rel_error
+from fbp.ops.activations import gelu, leaky_relu, relu, sigmoid, softmax, tanh
+from fbp.ops.linear import Dense, dense, init_dense
+from fbp.ops.losses import bce, bce_with_logits, mse, softmax_cross_entropy
+from fbp.ops.norms import (
     BatchNormParams,
     BatchNormState,
     LayerNormParams,
@@ -30,7 +31,6 @@ from fbp.norms import (
     layer_norm,
     residual,
 )
-from fbp.numerical import numerical_grad, numerical_vjp, rel_error
 from fbp.parallel import data_parallel, data_parallel_step, default_mesh, shard_batch
 from fbp.second_order import hessian, hvp
 from fbp.train import FitResult, accumulate_grads, backprop_grad_fn, fit

@@ -33,11 +33,12 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from fbp import activations as _act
-from fbp import linear as _lin
-from fbp import losses as _loss
-from fbp._checks import finite_scalar, float_array, in_range
-from fbp.activations import (
+from fbp._validate import finite_scalar, float_array, in_range
+from fbp.nets.mlp import _check_params, _resolve
+from fbp.ops import activations as _act
+from fbp.ops import linear as _lin
+from fbp.ops import losses as _loss
+from fbp.ops.activations import (
     gelu_grad,
     gelu_tanh_grad,
     leaky_relu_grad,
@@ -46,8 +47,8 @@ from fbp.activations import (
     softmax_vjp,
     tanh_grad,
 )
-from fbp.linear import Dense, validate_dense
-from fbp.losses import (
+from fbp.ops.linear import Dense, validate_dense
+from fbp.ops.losses import (
     _batch_count,
     _count,
     _float_target,
@@ -57,7 +58,6 @@ from fbp.losses import (
     softmax_cross_entropy_delta,
     validate_softmax_cross_entropy,
 )
-from fbp.mlp import _check_params, _resolve
 
 # ── elementwise activations: ḣ = σ'(z) ⊙ ż ──
 

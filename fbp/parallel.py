@@ -35,7 +35,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fbp._checks import float_array
+from fbp._validate import float_array
 
 __all__ = ["data_parallel", "data_parallel_step", "default_mesh", "shard_batch"]
 

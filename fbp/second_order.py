@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from fbp._checks import float_array
-from fbp.activations import (
+from fbp._validate import float_array
+from fbp.nets.mlp import _check_params, _skips, resolve_activation, resolve_loss
+from fbp.ops.activations import (
     _INV_SQRT_2PI,
     ACTIVATIONS,
     DERIVATIVES,
@@ -29,8 +30,8 @@ from fbp.activations import (
     softmax_vjp,
     tanh,
 )
-from fbp.linear import Dense, dense
-from fbp.losses import (
+from fbp.ops.linear import Dense, dense
+from fbp.ops.losses import (
     DELTAS,
     LOSSES,
     _batch_count,
@@ -39,7 +40,6 @@ from fbp.losses import (
     mse,
     softmax_cross_entropy,
 )
-from fbp.mlp import _check_params, _skips, resolve_activation, resolve_loss
 
 __all__ = ["hessian", "hvp"]
 

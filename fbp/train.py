@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fbp._checks import finite_scalar, float_array
-from fbp.mlp import backprop
+from fbp._validate import finite_scalar, float_array
+from fbp.nets.mlp import backprop
 
 
 class FitResult(NamedTuple):

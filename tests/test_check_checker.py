@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import fbp
-import fbp._op_table as op_table
+import fbp.check.op_table as op_table
 import fbp.testing
-from fbp._diagnose import diagnose, shape_hint
 from fbp.check import ALL_CHECKS
+from fbp.check.diagnose import diagnose, shape_hint
 
 # ── a small rule to exercise the report: y = x ⊙ w, w broadcast over the batch ──
 

@@ -4,7 +4,7 @@ Each rule is a ``jax.custom_vjp`` whose forward is right and whose backward carr
 deliberate mistake.  The checker must fail it, name exactly the arguments whose cotangent is
 wrong, and, where the mistake has a recognisable shape, say which.  Every op also appears
 with its correct rule, which must pass.  The hints are found by comparing arrays, with no
-knowledge of these ops (see fbp/_diagnose.py).
+knowledge of these ops (see fbp/check/diagnose.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import fbp
-from fbp.activations import sigmoid_grad, softmax_vjp, tanh_grad
+from fbp.ops.activations import sigmoid_grad, softmax_vjp, tanh_grad
 
 M, N_IN, N_OUT = 4, 3, 5
 rng = np.random.default_rng(0)

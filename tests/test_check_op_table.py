@@ -1,6 +1,6 @@
 """Every fbp op passes fbp.check_vjp: float64 every check, float32 every numerical check.
 
-The op table (fbp/_op_table.py) pairs each op with random arguments and a reference built
+The op table (fbp/check/op_table.py) pairs each op with random arguments and a reference built
 from jax.nn / optax / plain jnp only.  float32 runs the checks whose tolerances depend on the
 dtype (structure, autodiff, Jacobian, finite differences, jit); the transform checks (vmap,
 reverse-over-reverse) compare the rule with itself and run in float64.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-import fbp._op_table as op_table
+import fbp.check.op_table as op_table
 from fbp.check import ALL_CHECKS
 
 CORE_OPS = {"sigmoid", "tanh", "relu", "leaky_relu", "gelu", "gelu(tanh)", "softmax", "dense",

@@ -14,8 +14,8 @@ import pytest
 
 import fbp
 from fbp import forward
-from fbp._op_table import op_cases
 from fbp.check import check_vjp
+from fbp.check.op_table import op_cases
 from tests import _proof
 from tests._ops import ALL_OPS
 

@@ -16,8 +16,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import fbp
-from fbp.mlp import NormDense
-from fbp.norms import BatchNormParams, BatchNormState, LayerNormParams
+from fbp.nets.mlp import NormDense
+from fbp.ops.norms import BatchNormParams, BatchNormState, LayerNormParams
 
 F64 = jnp.float64
 EPS, MOMENTUM = 1e-5, 0.9

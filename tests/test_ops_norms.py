@@ -16,7 +16,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import fbp
-from fbp.norms import (
+from fbp.ops.norms import (
     BatchNormParams,
     BatchNormState,
     LayerNormParams,

@@ -4,6 +4,6 @@ A package ``__main__`` (not ``if __name__ == "__main__"`` in a module that ``fbp
 imports) so that runpy does not execute the checker's module a second time.
 """
 
-from fbp._op_table import main
+from fbp.check.op_table import main
 
 raise SystemExit(main())

@@ -22,7 +22,7 @@ vmap           per-example VJPs under ``jax.vmap`` equal a Python loop over exam
 rev-over-rev   ``jax.grad`` of ⟨w, VJP(x)⟩ vs finite differences of that first-order VJP.
 
 Tolerances default by dtype (see ``TOLERANCES``); all are arguments.  Failing rows carry
-hints from ``fbp._diagnose`` where the error has a recognisable shape.
+hints from ``fbp.check.diagnose`` where the error has a recognisable shape.
 """
 
 from __future__ import annotations
@@ -33,10 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fbp._report import Row, VJPCheckError, VJPReport, _compare, _short, _worst
-from fbp._rules import (
+from fbp.check.args import (
     _arg_names,
-    _custom_vjp_calls,
     _dtype,
     _dtype_of,
     _float_leaves,
@@ -44,10 +42,11 @@ from fbp._rules import (
     _is_float,
     _leaf_labels,
     _no_ints,
-    _primal_of,
     _random_like,
-    _structure_rows,
 )
+from fbp.check.reference import _custom_vjp_calls, _primal_of
+from fbp.check.report import Row, VJPCheckError, VJPReport, _compare, _short, _worst
+from fbp.check.structure import _structure_rows
 from fbp.numerical import _jit_call, _numerical_vjp, rel_error
 
 __all__ = ["ALL_CHECKS", "TOLERANCES", "VJPCheckError", "VJPReport", "check_vjp"]

@@ -4,21 +4,26 @@ Each ``OpCase`` builds its arguments from a NumPy generator and a dtype, and nam
 reference built only from ``jax.nn``, ``optax.losses`` and plain ``jnp`` (never from fbp).
 Points are kept away from kinks (|z| ≥ 0.5 for relu and leaky_relu) and from the edges of a
 domain (ŷ in [0.2, 0.8] for bce), so that finite differences are meaningful there.
-To add an op, append an ``OpCase``; ops of modules that are not there are left out.
+To add an op family, write a builder of its ``OpCase``s and append it to ``BUILDERS``.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import sys
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from fbp.check.checker import ALL_CHECKS, check_vjp
+from fbp.nets import mlp
+from fbp.ops import activations, linear, losses, norms
+from fbp.ops.linear import Dense
 
 M, N_IN, N_OUT = 3, 4, 5          # batch, features, outputs: small, the check is exhaustive
 
@@ -42,7 +47,6 @@ def _off_kink(rng, shape, dtype):
 
 
 def _dense_params(rng, dtype, n_in=N_IN, n_out=N_OUT):
-    from fbp.linear import Dense
     return Dense(_normal(rng, (n_out, n_in), dtype) / float(np.sqrt(n_in)),
                  _normal(rng, (n_out,), dtype))
 
@@ -58,9 +62,8 @@ def _standardise(x, axis, eps):
     return (x - mu) / jnp.sqrt(var + eps)
 
 
-def _core_cases(ns) -> list:
-    """The cases for the ops of a namespace (``fbp`` itself, or ``fbp.forward``)."""
-    p = ns.__name__.removeprefix("fbp.") + "." if ns.__name__ != "fbp" else ""
+def _core_cases(ns, p: str = "") -> list:
+    """The cases for the core ops of a namespace (fbp's ops, or ``fbp.forward`` with p)."""
     x2 = (M, N_IN)
     return [
         OpCase(p + "sigmoid", ns.sigmoid, lambda r, d: (_normal(r, x2, d),), jax.nn.sigmoid),
@@ -100,17 +103,14 @@ def _affine(params, x_hat):
     return gamma * x_hat + beta
 
 
-def _norm_cases(norms) -> list:
-    from fbp.linear import Dense
-
+def _norm_cases() -> list:
     def gb(r, d, n=N_IN):
         return (1 + 0.3 * _normal(r, (n,), d), _normal(r, (n,), d))
 
     def mlp_block(params, x):
         return jnp.tanh(_ref_dense(params, x))
 
-    block = norms.residual(lambda params, x: importlib.import_module("fbp").tanh(
-        importlib.import_module("fbp").dense(params, x)))
+    block = norms.residual(lambda params, x: activations.tanh(linear.dense(params, x)))
     return [
         OpCase("batch_norm", lambda params, x: norms.batch_norm(params, x)[0],
                lambda r, d: (norms.BatchNormParams(*gb(r, d)), _normal(r, (M + 2, N_IN), d)),
@@ -125,34 +125,39 @@ def _norm_cases(norms) -> list:
     ]
 
 
-def _mlp_case(fbp) -> OpCase:
+def _mlp_cases() -> list:
     def ref(params, x):
         for layer in params[:-1]:
             x = jax.nn.sigmoid(_ref_dense(layer, x))
         return _ref_dense(params[-1], x)
 
-    return OpCase("mlp(2-4-1, sigmoid)", fbp.mlp, lambda r, d: (
-        [_dense_params(r, d, 2, 4), _dense_params(r, d, 4, 1)], _normal(r, (M, 2), d)), ref)
+    return [OpCase("mlp(2-4-1, sigmoid)", mlp.mlp, lambda r, d: (
+        [_dense_params(r, d, 2, 4), _dense_params(r, d, 4, 1)], _normal(r, (M, 2), d)), ref)]
+
+
+def _forward_cases() -> list:
+    import fbp.forward as forward  # a sibling tool, not below the checker: imported on use
+    return _core_cases(forward, "forward.")
+
+
+# One builder per op family; a new family adds its builder here.
+BUILDERS = [
+    lambda: _core_cases(SimpleNamespace(**{**vars(activations), **vars(linear), **vars(losses)})),
+    _mlp_cases,
+    _norm_cases,
+    _forward_cases,
+]
 
 
 def op_cases() -> list:
-    """Every op of fbp, fbp.norms and fbp.forward that exists in this checkout."""
-    fbp = importlib.import_module("fbp")
-    cases = _core_cases(fbp) + [_mlp_case(fbp)]
-    for module, build in (("fbp.norms", _norm_cases), ("fbp.forward", _core_cases)):
-        try:
-            cases += build(importlib.import_module(module))
-        except (ImportError, AttributeError):
-            continue
-    return cases
+    """Every op of fbp's ops, nets and forward twins, with its arguments and reference."""
+    return [case for build in BUILDERS for case in build()]
 
 
 # ── python -m fbp.check ──
 
 def check_all_ops(dtype="float64", seed: int = 0, **kwargs) -> list:
     """``(case name, VJPReport, seconds)`` for every op in the table."""
-    from fbp.check import check_vjp
-
     results = []
     for n, case in enumerate(op_cases()):
         args = case.make_args(np.random.default_rng(seed + n), jnp.dtype(dtype))
@@ -165,8 +170,6 @@ def check_all_ops(dtype="float64", seed: int = 0, **kwargs) -> list:
 
 def summary_table(results) -> str:
     """One line per op: the worst relative error of each check, and the verdict."""
-    from fbp.check import ALL_CHECKS
-
     cols = [c for c in ALL_CHECKS if c != "structure"]
     lines = [f"{'op':<38}" + "".join(f"{c:>13}" for c in cols) + f"{'time':>8}  status"]
     for name, report, seconds in results:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fbp._diagnose import diagnose, shape_hint
+from fbp.check.diagnose import diagnose, shape_hint
 from fbp.numerical import rel_error
 
 

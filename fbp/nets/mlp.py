@@ -13,11 +13,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fbp._checks import float_array
-from fbp.activations import ACTIVATIONS, DERIVATIVES
-from fbp.linear import Dense, dense, init_dense
-from fbp.losses import DELTAS, LOSSES
-from fbp.norms import (
+from fbp._validate import float_array
+from fbp.ops.activations import ACTIVATIONS, DERIVATIVES
+from fbp.ops.linear import Dense, dense, init_dense
+from fbp.ops.losses import DELTAS, LOSSES
+from fbp.ops.norms import (
     BatchNormParams,
     LayerNormParams,
     batch_norm,
@@ -25,7 +25,7 @@ from fbp.norms import (
     init_layer_norm,
     layer_norm,
 )
-from fbp.norms import residual as residual_block
+from fbp.ops.norms import residual as residual_block
 
 
 def _resolve(value, name: str, table: dict):

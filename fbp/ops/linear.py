@@ -8,7 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fbp._checks import float_array, one_of, same_dtype
+from fbp._validate import float_array, one_of, same_dtype
 
 
 class Dense(NamedTuple):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import xlogy
 
-from fbp._checks import float_array, in_range, is_concrete, same_shape
+from fbp._validate import float_array, in_range, is_concrete, same_shape
 
 
 def _count(x) -> int:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fbp._checks import finite_scalar, float_array, in_range, same_dtype
+from fbp._validate import finite_scalar, float_array, in_range, same_dtype
 
 
 class BatchNormParams(NamedTuple):
