@@ -75,6 +75,9 @@ def op_section(mod: Module, name: str, proofs: sources.Proofs, forward: Module) 
         jvp = sources.labelled(forward.docstring(name), "JVP")
         out += [f"**Forward mode (JVP):** [`fbp.forward.{name}`][fbp.forward.{name}]"
                 + (f" — {cell(jvp, 400)}" if jvp else ""), ""]
+    elif rule and ".defvjp(" in rule and not sources.labelled(mod.docstring(name), "JVP"):
+        out += ["**Forward mode (JVP):** no twin in `fbp.forward` yet; `jax.jvp` cannot run "
+                "a `custom_vjp` rule, so forward mode goes through a twin.", ""]
     tests = proofs.tests(name)
     table = proofs.in_op_table(name)
     if tests or table:
@@ -109,7 +112,7 @@ def family_page(mod: Module, public: dict[str, str], proofs, forward: Module) ->
     for n in ops:
         out.append(op_section(mod, n, proofs, forward))
     if types:
-        out += ["## Parameter types", ""] + [f"::: {mod.name}.{n}\n" for n in types]
+        out += ["## Types: parameters and results", ""] + [f"::: {mod.name}.{n}\n" for n in types]
     if helpers:
         out += ["## Helpers", "", "Public in the module, not in `fbp.__all__`: the derivative "
                 "pieces the rules (and `fbp.backprop`, `fbp.forward`) share.", ""]
