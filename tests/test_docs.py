@@ -1,12 +1,15 @@
 """The docs site builds in strict mode, offline, with a page for every public op.
 
-One ``mkdocs build --strict`` into a temporary folder (about 6 s of CPU), from a results
-folder made here (a REPORT.md with a figure, a bench.md), then the built HTML is read back.
+One ``mkdocs build --strict`` into a temporary folder (about 6 s of CPU, once per test run
+however many xdist workers there are), from a results folder made here (a REPORT.md with a
+figure, a bench.md), then the built HTML is read back.
 """
 
+import fcntl
 import html
 import importlib.util
 import inspect
+import json
 import os
 import re
 import struct
@@ -47,9 +50,7 @@ def _png(width=2, height=2) -> bytes:
             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    base = tmp_path_factory.mktemp("docs")
+def _build(base: Path) -> tuple[Path, subprocess.CompletedProcess, Path]:
     results = base / "results"
     results.mkdir()
     (results / "REPORT.md").write_text(REPORT)
@@ -62,6 +63,26 @@ def site(tmp_path_factory):
                           str(ROOT / "mkdocs.yml"), "-d", str(out)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     return out, run, results
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """One build per test run: pytest-xdist's workers share it (under a lock) instead of
+    each building the site again."""
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run_id is None:
+        return _build(tmp_path_factory.mktemp("docs"))
+    shared = tmp_path_factory.getbasetemp().parent / f"docs-{run_id}"
+    shared.mkdir(exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared / "done.json"
+        if not done.exists():
+            out, run, results = _build(shared)
+            done.write_text(json.dumps([run.returncode, run.stdout, run.stderr]))
+        code, stdout, stderr = json.loads(done.read_text())
+    run = subprocess.CompletedProcess([], code, stdout, stderr)
+    return shared / "site", run, shared / "results"
 
 
 def _text(page: Path) -> str:
