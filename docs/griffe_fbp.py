@@ -38,7 +38,7 @@ def preformat(doc: str) -> str:
 class PreformattedDocstrings(griffe.Extension):
     """Rewrite every docstring of the loaded package with :func:`preformat`."""
 
-    def on_object(self, *, obj, **kwargs) -> None:
+    def on_instance(self, *, obj, **kwargs) -> None:   # a hook every griffe version has
         doc = obj.docstring
         if doc is not None and doc.value.strip() and "\n````text\n" not in doc.value:
             doc.value = preformat(doc.value)
