@@ -114,8 +114,8 @@ def family_page(mod: Module, public: dict[str, str], proofs, forward: Module) ->
     if types:
         out += ["## Types: parameters and results", ""] + [f"::: {mod.name}.{n}\n" for n in types]
     if helpers:
-        out += ["## Helpers", "", "Public in the module, not in `fbp.__all__`: the derivative "
-                "pieces the rules (and `fbp.backprop`, `fbp.forward`) share.", ""]
+        out += ["## Also in this module", "", "Public names of the module that `fbp` itself "
+                "does not export (`fbp.__all__`): helpers the rules share, and the like.", ""]
         out += [f"::: {mod.name}.{n}\n" for n in helpers]
     return "\n".join(out)
 

@@ -107,8 +107,8 @@ class Module:
 
 
 def modules_in(folder: Path) -> list[Module]:
-    """Every module of a package folder except its ``__init__``, sorted by name."""
-    return [Module(p) for p in sorted(folder.glob("*.py")) if p.name != "__init__.py"]
+    """Every public module of a package folder (not ``__init__``, not ``_private``), by name."""
+    return [Module(p) for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")]
 
 
 def tutorial_sections(text: str) -> list[str]:
