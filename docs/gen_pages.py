@@ -76,8 +76,11 @@ def op_section(mod: Module, name: str, proofs: sources.Proofs, forward: Module) 
         out += [f"**Forward mode (JVP):** [`fbp.forward.{name}`][fbp.forward.{name}]"
                 + (f" — {cell(jvp, 400)}" if jvp else ""), ""]
     elif rule and ".defvjp(" in rule and not sources.labelled(mod.docstring(name), "JVP"):
-        out += ["**Forward mode (JVP):** no twin in `fbp.forward` yet; `jax.jvp` cannot run "
-                "a `custom_vjp` rule, so forward mode goes through a twin.", ""]
+        via = (f"`fbp.transposed(fbp.{name})` is one: this rule transposed by JAX "
+               "([`fbp.transposed`][fbp.transposed.transposed])"
+               if (FBP / "transposed.py").exists() else "forward mode needs a twin")
+        out += ["**Forward mode (JVP):** no hand-written twin in `fbp.forward`; `jax.jvp` "
+                f"cannot run a `custom_vjp` rule, and {via}.", ""]
     tests = proofs.tests(name)
     table = proofs.in_op_table(name)
     if tests or table:
