@@ -147,9 +147,14 @@ def _convert(g, out, x, **params):
     return (_cast(g, x) if jnp.issubdtype(jnp.result_type(x), jnp.inexact) else None,)
 
 
-@rule("copy", "copy_p", "reduce_precision", "optimization_barrier")
+@rule("copy", "copy_p", "reduce_precision")
 def _identity(g, out, x, **params):
     return (g,)
+
+
+@rule("optimization_barrier")
+def _optimization_barrier(gs, outs, *xs):
+    return tuple(gs)                        # several values pass through unchanged
 
 
 # ── elementwise, two inputs (a rank-0 operand is broadcast: unbroadcast sums it back) ──
@@ -286,6 +291,11 @@ def _reshape(g, out, x, *dyn, **params):
 @rule("transpose")
 def _transpose(g, out, x, *, permutation):
     return (g.transpose(np.argsort(permutation)),)
+
+
+@rule("rev")
+def _rev(g, out, x, *, dimensions):
+    return (lax.rev(g, dimensions),)
 
 
 @rule("concatenate")
