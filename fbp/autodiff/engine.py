@@ -65,6 +65,14 @@ def describe(eqn, k: int) -> str:
     return f"equation {k}: {outs} = {eqn.primitive.name}({ins}) at {where}"
 
 
+def label(eqn) -> str:
+    """``custom_vjp_call`` equations by the op they call (``_dense``), others by primitive."""
+    name = eqn.params.get("name")
+    if eqn.primitive.name in CUSTOM:
+        name = eqn.params["call_jaxpr"].jaxpr.debug_info.func_name
+    return name if isinstance(name, str) else eqn.primitive.name
+
+
 def is_float(x) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
@@ -226,7 +234,7 @@ def _accumulate(cts: dict, v, ct) -> None:
     cts[v] = ct if v not in cts else cts[v] + ct      # fan-out: sum over paths (§3.2)
 
 
-def backward(jaxpr, tape, cts_out, scope: str = ""):
+def backward(jaxpr, tape, cts_out):
     """Walk the tape in reverse; return the cotangent of each input of ``jaxpr`` (or None)."""
     cts = {}
     for v, ct in zip(jaxpr.outvars, cts_out, strict=True):
@@ -237,9 +245,10 @@ def backward(jaxpr, tape, cts_out, scope: str = ""):
         if all(g is None for g in gs):
             continue
         name = eqn.primitive.name
-        with jax.named_scope(f"{scope}{k}.{name}"):
+        with jax.named_scope(f"{k}.{label(eqn)}"):      # each rule's equations say
+            # which equation of the jaxpr they came from (experiments/graph.py draws them)
             if name in CALLS:
-                x_bars = backward(inner[0], inner[1], gs, scope=f"{scope}{k}.")
+                x_bars = backward(inner[0], inner[1], gs)
             elif name == "custom_vjp_call":
                 x_bars = custom_vjp_bwd(eqn, inner, gs)
             elif name == "custom_jvp_call":
