@@ -147,7 +147,7 @@ def _convert(g, out, x, **params):
     return (_cast(g, x) if jnp.issubdtype(jnp.result_type(x), jnp.inexact) else None,)
 
 
-@rule("copy", "copy_p", "reduce_precision")
+@rule("copy", "reduce_precision")
 def _identity(g, out, x, **params):
     return (g,)
 
@@ -283,7 +283,7 @@ def _broadcast_in_dim(g, out, x, *dyn, shape, broadcast_dimensions, **params):
             else g.reshape(x.shape), *(None for _ in dyn))
 
 
-@rule("reshape", "squeeze", "expand_dims")
+@rule("reshape", "squeeze")   # (jnp.expand_dims is a broadcast_in_dim)
 def _reshape(g, out, x, *dyn, **params):
     return (g.reshape(x.shape), *(None for _ in dyn))
 
