@@ -177,7 +177,7 @@ def run(quick: bool = False, out: Path = RESULTS) -> dict:
                 by_dtype[dname] = (d, ref, fused)
                 if dname == "float64":          # the path that should carry nothing
                     zero_path = (d["m"] if loss == "softmax_cross_entropy"
-                                 else 2 * d["v"] * jnp.sum(t["c"], axis=0) / n)
+                                 else 2 * d["v"] * jnp.sum(t["c"], axis=0, keepdims=True) / n)
                     zero_path = float(jnp.max(jnp.abs(zero_path)))
             for step in STEPS[loss]:
                 row = {"step": step}

@@ -187,19 +187,17 @@ def check_rule(eqn, k: int) -> None:
 
 # ── reverse mode ──
 
+def environment(jaxpr, consts, args):
+    """The values of a jaxpr's variables so far (its consts and inputs), and how to read one."""
+    env = dict(zip(jaxpr.constvars, consts, strict=True))
+    env.update(zip(jaxpr.invars, args, strict=True))
+    return env, lambda v: v.val if isinstance(v, Literal) else env[v]
+
+
 def forward(jaxpr, consts, args, active_args):
     """Run ``jaxpr``; return its outputs, which of them are active, and the tape."""
-    env, live = {}, set()
-
-    def read(v):
-        return v.val if isinstance(v, Literal) else env[v]
-
-    for v, x in zip(jaxpr.constvars, consts, strict=True):
-        env[v] = x
-    for v, x, a in zip(jaxpr.invars, args, active_args, strict=True):
-        env[v] = x
-        if a:
-            live.add(v)
+    env, read = environment(jaxpr, consts, args)
+    live = {v for v, a in zip(jaxpr.invars, active_args, strict=True) if a}
     tape = []
     for k, eqn in enumerate(jaxpr.eqns):
         xs = [read(v) for v in eqn.invars]
@@ -269,17 +267,8 @@ def backward(jaxpr, tape, cts_out):
 
 def tangents_forward(jaxpr, consts, args, tangents):
     """Run ``jaxpr`` on (primal, tangent) pairs; tangent None means zero."""
-    env, tan = {}, {}
-
-    def read(v):
-        return v.val if isinstance(v, Literal) else env[v]
-
-    for v, x in zip(jaxpr.constvars, consts, strict=True):
-        env[v] = x
-    for v, x, t in zip(jaxpr.invars, args, tangents, strict=True):
-        env[v] = x
-        if t is not None:
-            tan[v] = t
+    env, read = environment(jaxpr, consts, args)
+    tan = {v: t for v, t in zip(jaxpr.invars, tangents, strict=True) if t is not None}
     for k, eqn in enumerate(jaxpr.eqns):
         xs = [read(v) for v in eqn.invars]
         ts = [None if isinstance(v, Literal) else tan.get(v) for v in eqn.invars]
