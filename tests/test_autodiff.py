@@ -421,3 +421,14 @@ def test_fan_out_sums_over_paths():
     f = lambda x: jnp.sum(x * x + jnp.sin(x) + x)
     np.testing.assert_allclose(autodiff.grad(f)(_A), 2 * _A + jnp.cos(_A) + 1, rtol=1e-15)
     assert math.isclose(float(autodiff.value_and_grad(f)(_A)[0]), float(f(_A)), rel_tol=1e-15)
+
+
+def test_calls_are_recursed_into():
+    """jit inside checkpoint inside jit: the engine walks each callee's own jaxpr."""
+    inner = jax.jit(lambda y: jnp.tanh(y) * y)
+    f = jax.jit(jax.checkpoint(lambda x: jnp.sum(inner(x) ** 2 + inner(2 * x))))
+    remat = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).jaxpr.eqns[0].primitive.name
+    assert remat in autodiff.engine.CALLS and {"jit", remat} <= _primitives(f, _A)
+    assert max_diff(autodiff.grad(f)(_A), jax.grad(f)(_A)) <= 1e-12 * scale(jax.grad(f)(_A))
+    t_ref = jax.jvp(f, (_A,), (_B,))[1]
+    assert abs(float(autodiff.jvp(f, (_A,), (_B,))[1] - t_ref)) <= 1e-12 * abs(float(t_ref))

@@ -38,7 +38,7 @@ from jax.extend.core import Literal
 from fbp.autodiff.rules import NO_GRADIENT, VJP_RULES, apply_rule
 
 CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
-         "core_call": "call_jaxpr", "checkpoint": "jaxpr", "remat": "jaxpr"}
+         "core_call": "call_jaxpr", "checkpoint": "jaxpr", "remat2": "jaxpr"}   # jax.checkpoint
 CUSTOM = ("custom_vjp_call", "custom_jvp_call")
 
 
