@@ -432,3 +432,13 @@ def test_calls_are_recursed_into():
     assert max_diff(autodiff.grad(f)(_A), jax.grad(f)(_A)) <= 1e-12 * scale(jax.grad(f)(_A))
     t_ref = jax.jvp(f, (_A,), (_B,))[1]
     assert abs(float(autodiff.jvp(f, (_A,), (_B,))[1] - t_ref)) <= 1e-12 * abs(float(t_ref))
+
+
+def test_command_line_demo_on_a_small_net():
+    """python -m fbp.autodiff: a plain-jnp net, every equation through the table."""
+    from fbp.autodiff.__main__ import main
+
+    result = main(["--layers", "2", "--width", "8"])
+    assert result["parameters"] == 2 * (8 * 8 + 3 * 8) + 10 * 8
+    assert result["equations"] > 40
+    assert result["max_diff"] <= 1e-12 * (1 + result["scale"])
