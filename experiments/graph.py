@@ -15,10 +15,19 @@ inputs — and, within a column, forward nodes above backward ones in program or
 already in topological order, so this is one pass with no graph-drawing library (no graphviz),
 it is deterministic, and it reads left to right as the computation runs: the forward pass, the
 loss, then the backward pass reaching back to the parameters.
+
+Second figure (``graph_engine.png``): the same gradient built by ``fbp.autodiff``, fbp's own
+small engine.  Left, the jaxpr of the loss it read (each fbp op one ``custom_vjp_call``
+equation); right, the backward pass it built, one box per rule it applied (in the order it
+applied them, last equation first), listing the primitives that rule emitted — read from the
+jaxpr of ``fbp.autodiff.value_and_grad(loss)``, where the engine tags each rule's equations
+with the number of the equation they came from.  Grey arrows: the rule reads what the forward
+equation kept; orange arrows: the cotangent one rule hands to the next.
 """
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import jax
@@ -29,6 +38,7 @@ from matplotlib.patches import FancyArrowPatch
 
 import fbp
 from experiments._common import RESULTS, cli, save, table
+from fbp.autodiff.engine import label as engine_label
 
 FBP_DIR = str(Path(fbp.__file__).parent)
 INPUTS = ["W1", "b1", "W2", "b2", "x", "y"]
@@ -57,12 +67,16 @@ def _label(eqn) -> str:
     return f"{eqn.primitive.name}[{name}]" if isinstance(name, str) else eqn.primitive.name
 
 
-def trace_graph(key=None) -> dict:
-    """Nodes, edges and layers of value_and_grad(loss) for the 2-4-1 XOR network."""
+def _xor_inputs(key=None):
     params = fbp.init_mlp(jax.random.PRNGKey(0) if key is None else key, [2, 4, 1], "he")
     x = jnp.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
     y = jnp.array([[0.0], [1.0], [1.0], [0.0]])
-    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))((params[0], params[1]), x, y).jaxpr
+    return (params[0], params[1]), x, y
+
+
+def trace_graph(key=None) -> dict:
+    """Nodes, edges and layers of value_and_grad(loss) for the 2-4-1 XOR network."""
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(*_xor_inputs(key)).jaxpr
     names = dict(zip(jaxpr.invars, INPUTS, strict=True))
 
     # dead-code elimination: keep the equations the outputs need
@@ -171,7 +185,88 @@ def draw(graph: dict):
     return fig
 
 
+def engine_graph(key=None) -> dict:
+    """The jaxpr fbp.autodiff reads and, per equation, the backward equations its rule emits."""
+    args = _xor_inputs(key)
+    read = jax.make_jaxpr(loss)(*args).jaxpr
+    built = jax.make_jaxpr(fbp.autodiff.value_and_grad(loss))(*args).jaxpr
+    producer = {v: k for k, e in enumerate(read.eqns) for v in e.outvars}
+    forward = [{"k": k, "op": engine_label(e), "shape": list(e.outvars[0].aval.shape),
+                "reads": sorted({producer[v] for v in e.invars
+                                 if not isinstance(v, Literal) and v in producer})}
+               for k, e in enumerate(read.eqns)]
+    steps: dict[int, dict] = {}
+    n_forward = 0
+    for e in built.eqns:
+        scope = str(e.source_info.name_stack).split("/")[0]
+        if not scope or not scope.split(".")[0].isdigit():
+            n_forward += 1          # the forward pass again, with each op's fwd saving res
+            continue
+        k = int(scope.split(".")[0])
+        step = steps.setdefault(k, {"k": k, "rule": scope.split(".", 1)[1], "prims": {}})
+        step["prims"][e.primitive.name] = step["prims"].get(e.primitive.name, 0) + 1
+    order = [steps[k] for k in sorted(steps, reverse=True)]   # the order the engine ran them
+    for s in order:
+        s["n"] = sum(s["prims"].values())
+        s["hands_to"] = [j for j in forward[s["k"]]["reads"] if j in steps]
+    return {"forward": forward, "backward": order, "built_forward": n_forward,
+            "built_backward": sum(s["n"] for s in order), "jaxpr": str(read)}
+
+
+def engine_text(engine: dict) -> str:
+    lines = ["jaxpr read by fbp.autodiff:"]
+    lines += [f"  {f['k']}: {f['op']} : {tuple(f['shape'])}" for f in engine["forward"]]
+    lines.append("backward built (rules in the order applied):")
+    for s in engine["backward"]:
+        prims = ", ".join(f"{p}×{n}" if n > 1 else p for p, n in s["prims"].items())
+        lines.append(f"  rule of {s['k']} ({s['rule']}): {s['n']} equations: {prims}"
+                     + (f"  → ḡ to {s['hands_to']}" if s["hands_to"] else ""))
+    return "\n".join(lines)
+
+
+def draw_engine(engine: dict):
+    fwd, bwd = engine["forward"], engine["backward"]
+    rows = max(len(fwd), len(bwd))
+    fig, ax = plt.subplots(figsize=(11, 1.15 * rows + 1.2))
+    y_fwd = {f["k"]: -i for i, f in enumerate(fwd)}
+    y_bwd = y_fwd                        # each rule beside the equation it differentiates
+    for n, s in enumerate(bwd):
+        ax.add_patch(FancyArrowPatch((0.45, y_fwd[s["k"]]), (1.25, y_bwd[s["k"]]),
+                                     arrowstyle="-|>", mutation_scale=9, color="#999999", lw=0.8))
+        s["order"] = n + 1
+        for j in s["hands_to"]:
+            ax.add_patch(FancyArrowPatch((2.75, y_bwd[s["k"]] + 0.15), (2.75, y_bwd[j] - 0.15),
+                                         arrowstyle="-|>", mutation_scale=9, color="#b45f06",
+                                         connectionstyle="arc3,rad=0.5", lw=1.0))
+    for f in fwd:
+        shape = "×".join(map(str, f["shape"])) or "scalar"
+        ax.text(0, y_fwd[f["k"]], f"{f['k']}: {f['op']}\n({shape})", ha="center", va="center",
+                fontsize=8, bbox={"boxstyle": "round,pad=0.35", "fc": COLOURS["forward"],
+                                  "ec": "#444444", "lw": 0.6})
+    for s in bwd:
+        prims = ", ".join(f"{p}×{n}" if n > 1 else p for p, n in s["prims"].items())
+        ax.text(2.0, y_bwd[s["k"]], f"#{s['order']}  rule of {s['k']}: {s['rule']}_bwd  "
+                f"({s['n']} eqns)\n"
+                + "\n".join(textwrap.wrap(prims, 44)), ha="center", va="center", fontsize=7.5,
+                bbox={"boxstyle": "round,pad=0.35", "fc": COLOURS["backward"],
+                      "ec": "#444444", "lw": 0.6})
+    ax.text(0, 0.75, "the jaxpr fbp.autodiff read", ha="center", fontsize=10, fontweight="bold")
+    ax.text(2.0, 0.75, "the backward pass it built (#1 applied first; orange: ḡ handed on)",
+            ha="center", fontsize=10, fontweight="bold")
+    ax.set_xlim(-0.8, 3.0)
+    ax.set_ylim(-rows + 0.3, 1.1)
+    ax.axis("off")
+    return fig
+
+
 def run(quick: bool = False, out: Path = RESULTS) -> dict:
+    engine = engine_graph()
+    print(engine_text(engine))
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig = draw_engine(engine)
+    fig.savefig(out_dir / "graph_engine.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
     graph = trace_graph()
     text = as_text(graph)
     print(text)
@@ -181,14 +276,14 @@ def run(quick: bool = False, out: Path = RESULTS) -> dict:
     for n in graph["nodes"]:
         if n["kind"] != "input":
             by_op.setdefault((n["fbp_op"] or "-", n["kind"]), []).append(n["op"])
-    result = {**graph, "text": text, "counts": counts,
+    result = {**graph, "text": text, "counts": counts, "engine": engine,
               "depth": max(n["depth"] for n in graph["nodes"]),
               "by_fbp_op": [[op, kind, len(ops)] for (op, kind), ops in by_op.items()]}
     return save("graph", result, draw(graph), out)
 
 
 def report(result: dict) -> str:
-    c = result["counts"]
+    c, e = result["counts"], result["engine"]
     dropped = ", ".join(f"{op} ({src})" for op, src in result["dropped"]) or "none"
     return "\n".join([
         "## What does the computational graph of the tutorial's 2-4-1 network and its "
@@ -216,6 +311,19 @@ def report(result: dict) -> str:
         "```",
         result["text"],
         "```",
+        "",
+        "The same gradient by `fbp.autodiff`, fbp's own engine: the jaxpr of the loss it read "
+        f"({len(e['forward'])} equations, one `custom_vjp_call` per fbp op) and the backward "
+        f"pass it built, one rule per equation, applied last equation first — "
+        f"{e['built_backward']} backward equations, each fbp op's own `_bwd`, after "
+        f"{e['built_forward']} forward ones (each op's `_fwd`, which saves its `res`). "
+        "Grey: a rule reads what its forward equation kept; orange: the cotangent it hands on.",
+        "",
+        table(["rule of equation", "op", "equations", "primitives"],
+              [[s["k"], s["rule"], s["n"], ", ".join(sorted(s["prims"]))]
+               for s in e["backward"]]),
+        "",
+        "![](graph_engine.png)",
     ])
 
 

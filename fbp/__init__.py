@@ -14,7 +14,7 @@ Every op is a public function that validates its inputs and calls a private
 ``jax.custom_vjp`` whose backward is the hand-derived formula in its docstring.
 """
 
-from fbp import activations, forward, linear, losses, norms  # noqa: F401  (old module paths)
+from fbp import activations, autodiff, forward, linear, losses, norms  # noqa: F401  (old module paths)
 from fbp.check import VJPCheckError, VJPReport, check_vjp
 from fbp.nets.mlp import Backprop, NormDense, backprop, init_mlp, mlp, mlp_loss
 from fbp.numerical import numerical_grad, numerical_vjp, rel_error
@@ -47,6 +47,7 @@ __all__ = [
     "VJPCheckError",
     "VJPReport",
     "accumulate_grads",
+    "autodiff",
     "backprop",
     "backprop_grad_fn",
     "batch_norm",

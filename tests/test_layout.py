@@ -27,6 +27,7 @@ MODULES = {
     "fbp.losses": "fbp.ops.losses",
     "fbp.norms": "fbp.ops.norms",
     "fbp.mlp": "fbp.nets.mlp",
+    "fbp.autodiff": None,
     "fbp.check": None,
     "fbp.forward": None,
     "fbp.numerical": None,

@@ -1,0 +1,114 @@
+r"""``fbp.autodiff``: a small reverse- and forward-mode engine over jaxprs, to read.
+
+    loss_value, vjp_fn = fbp.autodiff.vjp(loss, params, x, y)
+    params_bar, x_bar, y_bar = vjp_fn(1.0)
+    grads = fbp.autodiff.grad(loss)(params, x, y)          # = jax.grad(loss)(params, x, y)
+    out, tangent = fbp.autodiff.jvp(f, (x,), (v,))          # = jax.jvp(f, (x,), (v,))
+
+How ``jax.grad`` works, in three files:
+
+rules.py    the table: one hand-written VJP per JAX primitive (add, mul, exp, dot_general,
+            reduce_sum, broadcast_in_dim, gather, ...), each a few lines
+engine.py   trace → run forward keeping a tape → walk it backwards summing cotangents;
+            calls recurse, ``jax.custom_vjp`` ops (all of fbp's) run their own fwd/bwd;
+            forward mode transposes the same rules
+__init__.py this face: pytrees in and out (params NamedTuples), ``vjp``, ``grad``, ``jvp``
+__main__.py ``python -m fbp.autodiff``: the engine on a large plain-jnp network vs jax.grad
+
+It follows the tutorial: §4 the graph is the jaxpr, §3.2 cotangents of a value read twice add,
+§7.1 the backward walk is the δ recursion, §11.2 the tape is the cache, §13 forward mode.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fbp.autodiff.engine import UnsupportedPrimitiveError, backward, forward, tangents_forward
+from fbp.autodiff.rules import NO_GRADIENT, VJP_RULES
+
+__all__ = ["NO_GRADIENT", "VJP_RULES", "UnsupportedPrimitiveError", "grad", "jvp",
+           "trace", "value_and_grad", "vjp"]
+
+
+def _is_float(x) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def trace(f, *args):
+    """``f``'s jaxpr on flat leaves, with the pytree structures of its arguments and output."""
+    leaves, in_tree = jax.tree_util.tree_flatten(args)
+    out_tree = []
+
+    def flat_f(*flat):
+        out = f(*jax.tree_util.tree_unflatten(in_tree, flat))
+        out_leaves, tree = jax.tree_util.tree_flatten(out)
+        out_tree.append(tree)
+        return out_leaves
+
+    closed = jax.make_jaxpr(flat_f)(*leaves)
+    return closed, leaves, in_tree, out_tree[0]
+
+
+def vjp(f, *args):
+    """``(f(*args), vjp_fn)``; ``vjp_fn(ḡ)`` returns the cotangent of each argument.
+
+    Like ``jax.vjp``: ``ḡ`` has the structure of the output, the result is a tuple with the
+    structure of ``args``; integer leaves get float0 zeros.  The forward pass runs now (its
+    tape is kept); ``vjp_fn`` walks it backwards each time it is called."""
+    closed, leaves, in_tree, out_tree = trace(f, *args)
+    active = [_is_float(x) for x in leaves]
+    outs, _, tape = forward(closed.jaxpr, closed.consts, leaves, active)
+
+    def vjp_fn(g):
+        g_leaves, g_tree = jax.tree_util.tree_flatten(g)
+        if g_tree != out_tree:
+            raise ValueError(f"vjp_fn's cotangent must have the output's structure {out_tree}; "
+                             f"got {g_tree}.")
+        g_leaves = [jnp.asarray(c, jnp.result_type(o)) for c, o in zip(g_leaves, outs,
+                                                                        strict=True)]
+        bars = backward(closed.jaxpr, tape, g_leaves)
+        bars = [np.zeros(jnp.shape(x), jax.dtypes.float0) if not a
+                else jnp.zeros_like(x) if b is None else b
+                for x, a, b in zip(leaves, active, bars, strict=True)]
+        return tuple(jax.tree_util.tree_unflatten(in_tree, bars))
+
+    return jax.tree_util.tree_unflatten(out_tree, outs), vjp_fn
+
+
+def value_and_grad(f, argnums=0):
+    """``f``'s value and its gradient with respect to ``args[argnums]`` (an int or a tuple)."""
+    def value_and_grad_f(*args):
+        value, vjp_fn = vjp(f, *args)
+        if jnp.shape(value) != () or not _is_float(value):
+            raise TypeError(f"grad needs f to return a float scalar; it returned "
+                            f"{jax.ShapeDtypeStruct(jnp.shape(value), jnp.result_type(value))}."
+                            f" Use fbp.autodiff.vjp for other outputs.")
+        bars = vjp_fn(jnp.ones((), jnp.result_type(value)))        # the seed ∂L/∂L = 1
+        if isinstance(argnums, int):
+            return value, bars[argnums]
+        return value, tuple(bars[i] for i in argnums)
+    return value_and_grad_f
+
+
+def grad(f, argnums=0):
+    """``jax.grad`` by the engine: the gradient of the scalar ``f`` at ``args[argnums]``."""
+    value_and_grad_f = value_and_grad(f, argnums)
+    return lambda *args: value_and_grad_f(*args)[1]
+
+
+def jvp(f, primals, tangents):
+    """``(f(*primals), ∂f·tangents)`` by forward mode over the same table (see engine.py)."""
+    if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
+        raise TypeError("jvp takes primals and tangents as tuples (as jax.jvp does); got "
+                        f"{type(primals).__name__} and {type(tangents).__name__}.")
+    closed, leaves, in_tree, out_tree = trace(f, *primals)
+    t_leaves, t_tree = jax.tree_util.tree_flatten(tuple(tangents))
+    if t_tree != in_tree:
+        raise ValueError(f"tangents must have the structure of primals {in_tree}; got {t_tree}.")
+    ts = [t if _is_float(x) else None for x, t in zip(leaves, t_leaves, strict=True)]
+    outs, t_outs = tangents_forward(closed.jaxpr, closed.consts, leaves, ts)
+    t_outs = [jnp.zeros_like(o) if t is None else t for o, t in zip(outs, t_outs, strict=True)]
+    return (jax.tree_util.tree_unflatten(out_tree, outs),
+            jax.tree_util.tree_unflatten(out_tree, t_outs))
