@@ -345,8 +345,6 @@ def _kinks(rows, g, dyn, sizes, eps, kink_fns) -> None:
         tasks.append(kink_task(g, dyn, eps, first, sizes, refs))
     if wanted["rev-over-rev"] and "rev-over-rev" in kink_fns and sum(sizes) <= 4096:
         h, _ = kink_fns["rev-over-rev"]()
-        for r in wanted["rev-over-rev"]:
-            r.data["u"] = np.ones(1)
         tasks.append(kink_task(h, dyn, eps, wanted["rev-over-rev"], sizes, refs))
     run(tasks)
 

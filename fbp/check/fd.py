@@ -39,8 +39,10 @@ def fd_vjp(fn, d, u, eps=None, order=2):
 
 
 def one_sided(fn, d, eps):
-    """(J₋, J₊): backward and forward differences, each (n_out, n_in) over the flattened
-    float outputs and float input coordinates of the real function ``fn(*d)``."""
+    """(J₋, J₊, J₋², J₊²): backward and forward differences at steps h and 2h, each
+    (n_out, n_in) over the flattened outputs and input coordinates of the real ``fn(*d)``.
+    Where J₋ ≠ J₊ the point is a kink; where a one-sided difference changes with the step
+    (a jump: it grows like 1/h) the function has no derivative there at all."""
     flat, rel_eps, unravel, _ = _ravel(d, 2)
     if eps is not None:
         rel_eps = jnp.full_like(rel_eps, eps)
@@ -53,9 +55,11 @@ def one_sided(fn, d, eps):
     f0 = value(flat)
 
     def column(i):
-        e = jax.nn.one_hot(i, flat.size, dtype=flat.dtype) * h[i]
-        xp, xm = flat + e, flat - e
-        return (f0 - value(xm)) / (flat[i] - xm[i]), (value(xp) - f0) / (xp[i] - flat[i])
+        out = []
+        for k in (1, 2):
+            e = jax.nn.one_hot(i, flat.size, dtype=flat.dtype) * (k * h[i])
+            xp, xm = flat + e, flat - e
+            out += [(f0 - value(xm)) / (flat[i] - xm[i]), (value(xp) - f0) / (xp[i] - flat[i])]
+        return out
 
-    left, right = jax.vmap(column)(jnp.arange(flat.size))
-    return left.T, right.T
+    return [j.T for j in jax.vmap(column)(jnp.arange(flat.size))]

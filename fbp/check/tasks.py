@@ -57,11 +57,11 @@ def run(tasks: list) -> list:
 def _alone(t: Task):
     try:
         return _jit_call(t.fn, *t.inputs, compiler_options=_FAST_COMPILE)
-    except Exception:
+    except Exception as err:
         if not t.eager_ok:
             raise
         out = t.fn(*t.inputs)            # jit refuses f: the numbers eagerly
-        t.state["eager"] = True
+        t.state["eager"], t.state["jit_error"] = True, _short(err)
         return out
 
 

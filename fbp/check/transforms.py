@@ -21,7 +21,7 @@ import numpy as np
 from fbp.check.args import _dtype, _inexact_only, _leaves, _random_like
 from fbp.check.fd import fd_vjp
 from fbp.check.report import Row, _compare, _short
-from fbp.check.tasks import Task
+from fbp.check.tasks import Task, try_ref
 
 
 def _rule(g):
@@ -31,13 +31,13 @@ def _rule(g):
 
 
 def jit_task(g, dyn, u, eager, labels, tol) -> Task:
-    def post(res, t=None):
-        rows = _compare("jit", labels, eager, _leaves(res), tol, ref="eager")
+    def post(res):
         if task.state.get("eager"):
-            return [Row("jit", "(all)", "FAIL", hints=[
-                "jax.jit refuses f (an array built inside f at a nondiff_argnums position, "
-                "or a value f checks in Python); the other checks ran eagerly"])]
-        return rows
+            return [Row("jit", "(all)", "skip", hints=[
+                f"jit skipped: jax.jit refuses f ({task.state['jit_error']}); JAX allows "
+                "this eagerly (an array built inside f at a nondiff_argnums position: pass "
+                "it as an argument instead), so the other checks ran eagerly"])]
+        return _compare("jit", labels, eager, _leaves(res), tol, ref="eager")
     task = Task("jit", _rule(g), (dyn, u), post)
     return task
 
@@ -172,11 +172,21 @@ def rev_over_rev_task(g, dyn, u, labels, tol, eps, rng, kinks: dict) -> Task | l
 
     def both(d, u, ws):
         h = h_of(u, ws)
-        got = jax.grad(h, argnums=tuple(range(len(d))))(*d)
+        got = try_ref(task.state, lambda: jax.grad(h, argnums=tuple(range(len(d))))(*d))
         exp = fd_vjp(h, tuple(d), jnp.ones((), jnp.result_type(h(*d))), eps)
         return exp, got
 
+    def post(res):
+        if res[1] is None:
+            return [Row("rev-over-rev", "(all)", "skip", hints=[
+                "rev-over-rev skipped: JAX cannot differentiate the rule's VJP a second time "
+                f"({_short(task.state['ref_error'])})"])]
+        rows = _compare("rev-over-rev", labels, _leaves(res[0]), _leaves(res[1]), tol,
+                        ref="finite differences")
+        for j, r in enumerate(rows):
+            r.data.update(u=np.ones(1), tol=tol, leaf=j)
+        return rows
+
     kinks["rev-over-rev"] = lambda: (h_of(u, ws), [1.0])
-    return Task("rev-over-rev", both, (dyn, u, ws), lambda res: _compare(
-        "rev-over-rev", labels, _leaves(res[0]), _leaves(res[1]), tol,
-        ref="finite differences"))
+    task = Task("rev-over-rev", both, (dyn, u, ws), post)
+    return task
