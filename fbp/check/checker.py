@@ -81,7 +81,10 @@ def _eps(dtype) -> float:
 def _narrowest(g, dyn, u) -> str | None:
     """The coarsest float dtype of any non-scalar value the VJP computes with (a float32
     accumulation inside a float64 call), or None."""
-    jaxpr = jax.make_jaxpr(lambda d, u: jax.vjp(g, *d)[1](u))(dyn, u).jaxpr
+    try:
+        jaxpr = jax.make_jaxpr(lambda d, u: jax.vjp(g, *d)[1](u))(dyn, u).jaxpr
+    except Exception:  # noqa: BLE001 — f runs eagerly only: nothing to inspect
+        return None
     found = set()
 
     def walk(j):
@@ -253,9 +256,7 @@ def _checks(f, a: Args, reference, checks, intent, notes, o) -> list:
             f"rev-over-rev skipped: the rule returns {', '.join(narrowed)} in a narrower "
             "dtype than the input, too coarse for finite differences"]))
     elif "rev-over-rev" in checks:
-        t = rev_over_rev_task(g, dyn, us[0], labels, fd, eps, rng, kink_fns)
-        tasks += [t] if isinstance(t, Task) else []
-        rows += t if isinstance(t, list) else []
+        tasks.append(rev_over_rev_task(g, dyn, us[0], labels, fd, eps, rng, kink_fns))
     rows += run(tasks)
     _after(rows, f, ref_f, a, g, dyn, cplx, sizes, eps, exact, intent, kink_fns,
            extra, o, cand)
@@ -298,14 +299,19 @@ def _after(rows, f, ref_f, a, g, dyn, cplx, sizes, eps, exact, intent, kink_fns,
            extra, o, cand) -> None:
     """Hints and re-readings once every check has run."""
     failing = [r for r in rows if r.status == "FAIL" and r.check in _NUMERIC]
+    alone, helpers = [], []
     if failing and o["batch_argnums"] != ():
         cand = cand or batch_candidates(a, None)
-        alone = []
         if cand is not None:
             try:
-                run([alone_task(f, ref_f, a, cand, a.labels, exact, o["rng"], alone)])
+                helpers.append(alone_task(f, ref_f, a, cand, a.labels, exact, o["rng"], alone))
             except Exception:  # noqa: BLE001, S110 — a hint only
                 pass
+    if intent == "derivative" and not cplx:
+        helpers += _kink_tasks(rows, g, dyn, sizes, eps, kink_fns)
+    run(helpers)                 # one compilation for the helpers of the hints
+    failing = [r for r in failing if r.status == "FAIL"]     # kinks are information
+    if failing:
         if alone and all(alone):
             for r in failing:
                 r.hints.append("correct for each example alone (batch size 1) but not for "
@@ -314,8 +320,6 @@ def _after(rows, f, ref_f, a, g, dyn, cplx, sizes, eps, exact, intent, kink_fns,
         if r.arg in extra.get("nonlinear", []):
             r.hints.insert(0, "not linear in the incoming cotangent ḡ: the rule ignores ḡ "
                               "(assumes ḡ = 1?) or adds a term that does not scale with it")
-    if intent == "derivative" and not cplx:
-        _kinks(rows, g, dyn, sizes, eps, kink_fns)
     fd_rows = {r.arg: r for r in rows if r.check == "finite-diff"}
     for r in rows:
         if "ref_bad" in r.data and r.check in ("autodiff", "jacobian"):
@@ -334,7 +338,7 @@ def _after(rows, f, ref_f, a, g, dyn, cplx, sizes, eps, exact, intent, kink_fns,
                     r.status = "info"
 
 
-def _kinks(rows, g, dyn, sizes, eps, kink_fns) -> None:
+def _kink_tasks(rows, g, dyn, sizes, eps, kink_fns) -> list:
     wanted = {c: [r for r in rows if r.check == c and r.status == "FAIL"
                   and r.data.get("u") is not None] for c in KINK_CHECKS}
     tasks = []
@@ -346,7 +350,7 @@ def _kinks(rows, g, dyn, sizes, eps, kink_fns) -> None:
     if wanted["rev-over-rev"] and "rev-over-rev" in kink_fns and sum(sizes) <= 4096:
         h, _ = kink_fns["rev-over-rev"]()
         tasks.append(kink_task(h, dyn, eps, wanted["rev-over-rev"], sizes, refs))
-    run(tasks)
+    return tasks
 
 
 def _vouch(rows) -> None:

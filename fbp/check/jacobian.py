@@ -35,8 +35,8 @@ def _rows_task(g, ref_g, dyn, out_leaves, out_tree, sizes, labels, tol, cplx_out
 
     def unflat(e):
         parts = jnp.split(e, list(np.cumsum(sizes)[:-1]))
-        return out_tree.unflatten([p.reshape(np.shape(o)).astype(_dtype(o))
-                                   for p, o in zip(parts, out_leaves, strict=True)])
+        return out_tree.unflatten([(p if _is_complex(o) else jnp.real(p)).reshape(
+            np.shape(o)).astype(_dtype(o)) for p, o in zip(parts, out_leaves, strict=True)])
 
     basis = np.eye(n_out)
     if cplx_out:

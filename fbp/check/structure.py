@@ -113,9 +113,10 @@ def structure_rows(f, args, g) -> tuple[list, list]:
         return _direct_rows(f, args.pos, args.kw, _arg_names(f.fun, len(args.pos))), []
     try:
         rows = _inner_rows(g, args.dyn)
-    except Exception as err:  # noqa: BLE001 — f cannot even be traced
-        return [Row("structure", "(all)", "FAIL", hints=["f cannot be traced: " + _short(err)])
-                ], []
+    except Exception as err:  # noqa: BLE001 — JAX runs f eagerly only
+        return [Row("structure", "(all)", "skip", hints=[
+            "structure skipped: f cannot be traced to a jaxpr, so its rules cannot be found "
+            f"({_short(err)})"])], []
     if not rows:
         name = getattr(f, "__name__", type(f).__name__)
         return [], [f"{name} calls no jax.custom_vjp: nothing for the structure check"]

@@ -60,9 +60,8 @@ def _alone(t: Task):
     except Exception as err:
         if not t.eager_ok:
             raise
-        out = t.fn(*t.inputs)            # jit refuses f: the numbers eagerly
         t.state["eager"], t.state["jit_error"] = True, _short(err)
-        return out
+        return t.fn(*t.inputs)           # jit refuses f: the numbers eagerly
 
 
 def try_ref(state: dict, fn, *a):
