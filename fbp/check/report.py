@@ -108,7 +108,8 @@ def _row(check, label, exp, got, tol, hint_tol, others, ref, slices, noise=0.0) 
     same = (exp == got) | (np.isnan(exp) & np.isnan(got))      # equal infs are equal
     ref_bad = ~np.isfinite(exp) & ~same                          # the reference's fault
     exp_c = np.where(ref_bad, got, exp)                          # compared where finite
-    diff = np.where(same | ref_bad, 0.0, np.abs(got - exp_c))
+    with np.errstate(invalid="ignore"):
+        diff = np.where(same | ref_bad, 0.0, np.abs(got - exp_c))
     diff = np.where(np.isnan(diff), np.inf, diff)
     flat = int(np.argmax(diff))
     idx = np.unravel_index(flat, diff.shape)
