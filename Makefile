@@ -1,16 +1,16 @@
-# The only entry points: test, lint, experiments, bench. Each works on a fresh clone
+# The only entry points: test, lint, experiments, bench, docs. Each works on a fresh clone
 # with nothing installed but Python: the first target run creates .venv and installs fbp.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint experiments bench check clean
+.PHONY: test lint experiments bench check clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,experiments]'
+	$(BIN)/python -m pip install -q -e '.[dev,experiments,docs]'
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -23,7 +23,7 @@ check: $(STAMP)
 	$(BIN)/python -m fbp.check
 
 clean:
-	rm -rf $(VENV) results .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) results site .pytest_cache .ruff_cache .hypothesis
 
 experiments: $(STAMP)
 	$(BIN)/python -m experiments
@@ -37,3 +37,9 @@ $(EXPERIMENT_TARGETS): $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+# The site, offline and strict (a warning fails): site/index.html.  MkDocs' plugins print a
+# banner about MkDocs 2 on every build; the two variables silence it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
+	@echo "open site/index.html (offline); search: $(BIN)/python -m http.server -d site"

@@ -4,11 +4,12 @@ Each ``OpCase`` builds its arguments from a NumPy generator and a dtype, and nam
 reference built only from ``jax.nn``, ``optax.losses`` and plain ``jnp`` (never from fbp).
 Points are kept away from kinks (|z| ≥ 0.5 for relu and leaky_relu) and from the edges of a
 domain (ŷ in [0.2, 0.8] for bce), so that finite differences are meaningful there.
-To add an op family, write a builder of its ``OpCase``s and append it to ``BUILDERS``.
+To add an op family, see ``BUILDERS`` and ``EXTENSIONS`` below.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import sys
 import time
@@ -140,18 +141,23 @@ def _forward_cases() -> list:
     return _core_cases(forward, "forward.")
 
 
-# One builder per op family; a new family adds its builder here.
+# One builder per op family.  A new family writes ``cases() -> list[OpCase]`` in a module of
+# its own, ``fbp/check/op_cases_<family>.py`` (importing OpCase and the helpers above from
+# here), and adds that module's name to EXTENSIONS: imported on use, so no import cycle.
 BUILDERS = [
     lambda: _core_cases(SimpleNamespace(**{**vars(activations), **vars(linear), **vars(losses)})),
     _mlp_cases,
     _norm_cases,
     _forward_cases,
 ]
+EXTENSIONS: list[str] = [
+]
 
 
 def op_cases() -> list:
     """Every op of fbp's ops, nets and forward twins, with its arguments and reference."""
-    return [case for build in BUILDERS for case in build()]
+    builders = BUILDERS + [importlib.import_module(m).cases for m in EXTENSIONS]
+    return [case for build in builders for case in build()]
 
 
 # ── python -m fbp.check ──
