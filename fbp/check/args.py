@@ -1,19 +1,50 @@
-r"""Arguments as ``fbp.check_vjp`` sees them: array pytrees are differentiated, anything
-else is held static; labels, dtypes and random draws shaped like them."""
+r"""Arguments as ``fbp.check_vjp`` sees them, leaf by leaf.
+
+Every leaf of every argument (positional and keyword) is sorted on its own:
+
+differentiated   floating and complex arrays, and Python floats/complex numbers (as arrays
+                 of the arguments' dtype) — unless ``f`` refuses them traced (a float at a
+                 ``nondiff_argnums`` position, a value checked in Python): then they are held.
+held             everything else: integer and boolean arrays (labels, masks), typed PRNG keys,
+                 Python ints and bools, callables, dtypes, strings, None.
+
+So a dict ``{"scale": 0.5, "name": "x"}`` has one differentiated leaf and one held one; the
+held ones are closed over, never traced.  ``Args.bind(fn)`` is ``fn`` as a function of the
+differentiated parts alone (a tuple with one pytree per argument, ``None`` at held leaves),
+and its outputs keep only their inexact leaves (integer outputs have no cotangent).
+"""
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-# ── arguments: array pytrees are differentiated, anything else is held static ──
 
-def _is_dynamic(arg) -> bool:
-    leaves = jax.tree_util.tree_leaves(arg)
-    return bool(leaves) and all(isinstance(x, (jax.Array, np.ndarray)) for x in leaves)
+def _dtype(x):
+    return x.dtype if hasattr(x, "dtype") else jnp.result_type(x)
+
+
+def _is_inexact(x) -> bool:
+    return x is not None and jnp.issubdtype(_dtype(x), jnp.inexact)
+
+
+def _is_complex(x) -> bool:
+    return x is not None and jnp.issubdtype(_dtype(x), jnp.complexfloating)
+
+
+def _inexact_only(tree):
+    """Non-inexact leaves (integer outputs, float0 cotangents) → None."""
+    return jax.tree_util.tree_map(lambda x: x if _is_inexact(x) else None, tree)
+
+
+def _leaves(tree) -> list:
+    """Leaves as NumPy arrays, None for non-inexact ones (one entry per labelled leaf: the
+    cotangents JAX returns have the structure of the differentiated parts)."""
+    return [np.asarray(x) if _is_inexact(x) else None for x in jax.tree_util.tree_leaves(tree)]
 
 
 def _arg_names(f, n: int) -> list[str]:
@@ -36,33 +67,115 @@ def _leaf_labels(tree, name: str) -> list[str]:
     return [name + jax.tree_util.keystr(p) for p, _ in paths]
 
 
-def _dtype(x):
-    return x.dtype if hasattr(x, "dtype") else jnp.result_type(x)
-
-
-def _is_float(x) -> bool:
-    return x is not None and jnp.issubdtype(_dtype(x), jnp.floating)
-
-
-def _no_ints(tree):
-    """Non-float leaves (float0 cotangents of integer inputs) → None, inside a trace."""
-    return jax.tree_util.tree_map(lambda x: x if _is_float(x) else None, tree)
-
-
-def _float_leaves(tree) -> list:
-    """Leaves with None for non-float ones (float0 cotangents of integer inputs)."""
-    leaves = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: x is None)
-    return [np.asarray(x) if _is_float(x) else None for x in leaves]
-
-
 def _random_like(rng: np.random.Generator, tree):
-    """Standard normal arrays shaped like ``tree`` (drawn by NumPy: nothing to compile)."""
-    return jax.tree_util.tree_map(
-        lambda x: jnp.asarray(rng.standard_normal(np.shape(x)), _dtype(x)), tree)
+    """Standard normal arrays shaped like ``tree`` (complex: both parts); drawn by NumPy."""
+    def one(x):
+        shape, dtype = np.shape(x), _dtype(x)
+        v = rng.standard_normal(shape)
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            v = (v + 1j * rng.standard_normal(shape)) / np.sqrt(2)
+        return jnp.asarray(v, dtype)
+    return jax.tree_util.tree_map(one, tree)
 
 
-def _dtype_of(leaves) -> str:
-    floats = [jnp.asarray(x).dtype for x in leaves if _is_float(x)]
-    if not floats:
-        raise TypeError("check_vjp needs at least one floating-point array argument.")
-    return str(max(floats, key=lambda d: float(jnp.finfo(d).eps)))
+def _precision(dtype) -> str:
+    """The real dtype whose rounding a (possibly complex) dtype carries."""
+    return str(jnp.finfo(dtype).dtype)
+
+
+def _is_python_number(x) -> bool:
+    return isinstance(x, (float, complex)) and not isinstance(x, bool)
+
+
+def _diff_leaf(x) -> bool:
+    if isinstance(x, (jax.Array, np.ndarray, np.generic)):
+        return jnp.issubdtype(x.dtype, jnp.inexact)
+    return _is_python_number(x)
+
+
+@dataclass
+class Args:
+    """The arguments of ``f``, split into differentiated leaves and held ones."""
+
+    pos: tuple
+    kw: dict
+    names: list                    # one per argument: positional names, then kwargs keys
+    dyn: tuple = ()                # one pytree per argument: its differentiated leaves
+    labels: list = field(default_factory=list)
+    held_floats: bool = False      # Python floats held (f refuses them traced)
+
+    @classmethod
+    def of(cls, f, args, kwargs, hold_floats=False) -> Args:
+        a = cls(tuple(args), dict(kwargs), _arg_names(f, len(args)) + list(kwargs))
+        a.held_floats = hold_floats
+        arrays = [x for x in jax.tree_util.tree_leaves(a._all()) if _diff_leaf(x)
+                  and not _is_python_number(x)]
+        real = [_precision(x.dtype) for x in arrays]
+        widest = max(real, key=lambda d: -float(jnp.finfo(d).eps)) if real else str(
+            jnp.asarray(0.0).dtype)
+        dyn = []
+        for arg in a._all():
+            leaves, tree = jax.tree_util.tree_flatten(arg)
+            dyn.append(tree.unflatten([a._as_array(x, widest) if a._differentiated(x) else None
+                                       for x in leaves]))
+        a.dyn = tuple(dyn)
+        a.labels = [lab for d, n in zip(a.dyn, a.names, strict=True)
+                    for lab in _leaf_labels(d, n)]
+        return a
+
+    def _all(self) -> list:
+        return [*self.pos, *self.kw.values()]
+
+    def _differentiated(self, x) -> bool:
+        return _diff_leaf(x) and not (self.held_floats and _is_python_number(x))
+
+    @staticmethod
+    def _as_array(x, real_dtype):
+        if not _is_python_number(x):
+            return x
+        if isinstance(x, complex):
+            return jnp.asarray(x, jnp.result_type(real_dtype, jnp.complex64))
+        return jnp.asarray(x, real_dtype)
+
+    @property
+    def has_python_floats(self) -> bool:
+        return any(_is_python_number(x) for x in jax.tree_util.tree_leaves(self._all()))
+
+    @property
+    def held(self) -> list:
+        """Labels of the held leaves that look like data (for the report's notes)."""
+        out = []
+        for arg, name in zip(self._all(), self.names, strict=True):
+            for path, x in jax.tree_util.tree_flatten_with_path(arg)[0]:
+                if not self._differentiated(x) and (
+                        isinstance(x, (jax.Array, np.ndarray)) or _is_python_number(x)):
+                    out.append(name + jax.tree_util.keystr(path))
+        return out
+
+    def full(self, d, held=None) -> tuple[list, dict]:
+        """The positional and keyword arguments with the differentiated leaves ``d``
+        (and each held array leaf x of argument k replaced by ``held(k, x)``)."""
+        full = []
+        for k, (arg, part) in enumerate(zip(self._all(), d, strict=True)):
+            leaves, tree = jax.tree_util.tree_flatten(arg)
+            it = iter(jax.tree_util.tree_leaves(part))
+            full.append(tree.unflatten([
+                next(it) if self._differentiated(x) else
+                held(k, x) if held is not None and isinstance(x, (jax.Array, np.ndarray))
+                else x for x in leaves]))
+        n = len(self.pos)
+        return full[:n], dict(zip(self.kw, full[n:], strict=True))
+
+    def bind(self, fn, held=None):
+        """``fn`` of the differentiated parts; outputs keep only their inexact leaves."""
+        def g(*d):
+            pos, kw = self.full(d, held)
+            return _inexact_only(fn(*pos, **kw))
+        return g
+
+    def dtype(self) -> str:
+        """The dtype of the checks: the coarsest rounding among the differentiated leaves."""
+        real = [_precision(_dtype(x)) for x in jax.tree_util.tree_leaves(self.dyn)]
+        if not real:
+            raise TypeError("check_vjp needs at least one floating-point array argument.")
+        return max(real, key=lambda d: float(jnp.finfo(d).eps))

@@ -1,52 +1,132 @@
-r"""The default reference of ``fbp.check_vjp``: ``f`` with every custom rule switched off.
+r"""The default reference of ``fbp.check_vjp``: ``f``'s own forward code, every rule off.
 
-``_custom_vjp_calls`` records the outermost ``jax.custom_vjp`` calls of a function (to hold
-each rule's own fwd/bwd against its primal inputs: the structure check), or switches every
-custom rule off (its undecorated primal code is then the autodiff reference).
+``f`` is traced to a jaxpr, and that jaxpr is evaluated again with every ``custom_vjp_call``
+and ``custom_jvp_call`` replaced by the primal computation it wraps (its ``call_jaxpr``),
+recursively: through ``jit``/``pjit``/closed calls (inlined) and through ``scan``,
+``while_loop`` and ``cond`` bodies (re-traced with their custom calls replaced).  JAX's own
+autodiff of the result is the reference.  Nothing global is patched, so checks may run in
+several threads at once.
+
+``custom_rules`` lists the outermost ``custom_vjp_call``s of a jaxpr (for the structure
+check of functions that call rules rather than being one).
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
+import jax.extend.core as jex
 
-# ── the custom_vjp rules f calls: recorded (for the structure check) or switched off ──
-
-@contextlib.contextmanager
-def _custom_vjp_calls(record: list | None = None, unwrap: bool = False):
-    """Within: record the outermost ``jax.custom_vjp`` calls, or (``unwrap``) make every
-    ``jax.custom_vjp`` and ``jax.custom_jvp`` run its undecorated primal code instead."""
-    classes = (jax.custom_vjp, jax.custom_jvp) if unwrap else (jax.custom_vjp,)
-    originals, depth = [c.__call__ for c in classes], [0]
-
-    def primal(self, *args, **kwargs):
-        return self.fun(*args, **kwargs)
-
-    def recording(self, *args, **kwargs):
-        if depth[0] == 0 and record is not None:
-            record.append((self, args, kwargs))
-        depth[0] += 1
-        try:
-            return originals[0](self, *args, **kwargs)
-        finally:
-            depth[0] -= 1
-
-    for c in classes:
-        c.__call__ = primal if unwrap else recording
-    try:
-        yield
-    finally:
-        for c, orig in zip(classes, originals, strict=True):
-            c.__call__ = orig
+_CUSTOM = {"custom_vjp_call", "custom_vjp_call_jaxpr", "custom_jvp_call"}
+_INLINE = {"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint"}
 
 
-def _primal_of(f):
-    """f with every custom rule it calls switched off: JAX's autodiff of the forward code."""
-    if isinstance(f, (jax.custom_vjp, jax.custom_jvp)):
-        return f.fun
+def _sub(eqn):
+    """The one sub-jaxpr of a call to inline or of a custom call, as (jaxpr, consts)."""
+    for key in ("call_jaxpr", "jaxpr", "fun_jaxpr"):
+        sub = eqn.params.get(key)
+        if isinstance(sub, jex.ClosedJaxpr):
+            return sub.jaxpr, sub.consts
+        if isinstance(sub, jex.Jaxpr):
+            return sub, []
+    return None
 
-    def primal(*args):
-        with _custom_vjp_calls(unwrap=True):
-            return f(*args)
+
+def _has_custom(jaxpr) -> bool:
+    if any(eqn.primitive.name in _CUSTOM for eqn in jaxpr.eqns):
+        return True
+    return any(_has_custom(s) for s in jex.subjaxprs(jaxpr))
+
+
+def _without_rules(closed: jex.ClosedJaxpr) -> jex.ClosedJaxpr:
+    """A closed jaxpr traced again with its custom calls replaced (for loop/branch bodies)."""
+    if not _has_custom(closed.jaxpr):
+        return closed
+    avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.in_avals]
+    return jax.make_jaxpr(lambda *xs: _eval(closed.jaxpr, closed.consts, *xs))(*avals)
+
+
+def _params_without_rules(params: dict) -> dict:
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, jex.ClosedJaxpr):
+            v = _without_rules(v)
+        elif isinstance(v, tuple) and v and all(isinstance(b, jex.ClosedJaxpr) for b in v):
+            v = tuple(_without_rules(b) for b in v)
+        out[k] = v
+    return out
+
+
+def _eval(jaxpr, consts, *args) -> list:
+    """Evaluate ``jaxpr`` with every custom rule inside replaced by its primal code."""
+    env = {}
+
+    def read(v):
+        return v.val if isinstance(v, jex.Literal) else env[v]
+
+    for v, x in zip(jaxpr.constvars, consts, strict=True):
+        env[v] = x
+    for v, x in zip(jaxpr.invars, args, strict=True):
+        env[v] = x
+    for eqn in jaxpr.eqns:
+        ins = [read(v) for v in eqn.invars]
+        name = eqn.primitive.name
+        sub = _sub(eqn) if name in _CUSTOM or name in _INLINE else None
+        if sub is not None:
+            outs = _eval(sub[0], sub[1], *ins)
+        else:
+            params = eqn.params
+            if any(isinstance(v, (jex.ClosedJaxpr, tuple)) for v in params.values()):
+                params = _params_without_rules(params)
+            outs = _bind(eqn.primitive, params, ins)
+        for v, x in zip(eqn.outvars, outs, strict=True):
+            if not isinstance(v, jex.DropVar):
+                env[v] = x
+    return [read(v) for v in jaxpr.outvars]
+
+
+def primal_of(g):
+    """``g`` (a function of pytrees of arrays) with every custom rule replaced by its primal
+    code: JAX's autodiff of it is autodiff of the forward code."""
+    def primal(*d):
+        closed, shape = jax.make_jaxpr(g, return_shape=True)(*d)
+        outs = _eval(closed.jaxpr, closed.consts, *jax.tree_util.tree_leaves(d))
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), outs)
     return primal
+
+
+def primal_full(f):
+    """``f`` itself (any signature, any arguments) with every custom rule replaced."""
+    def primal(*args, **kwargs):
+        return primal_of(lambda: f(*args, **kwargs))()
+    return primal
+
+
+def custom_rules(jaxpr) -> list:
+    """The outermost ``custom_vjp_call`` equations of ``jaxpr`` (through inlined calls)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name in ("custom_vjp_call", "custom_vjp_call_jaxpr"):
+            found.append(eqn)
+        elif name in _INLINE and _sub(eqn) is not None:
+            found += custom_rules(_sub(eqn)[0])
+    return found
+
+
+def rule_name(eqn) -> str:
+    sub = eqn.params.get("call_jaxpr")
+    info = getattr(getattr(sub, "jaxpr", sub), "debug_info", None)
+    return getattr(info, "func_name", None) or "rule"
+
+
+def _bind(primitive, params, ins) -> list:
+    """Apply a primitive as JAX's own evaluator does (older JAX: subfuns come first)."""
+    got = primitive.get_bind_params(params)
+    subfuns, params = got if isinstance(got, tuple) else ((), got)
+    out = primitive.bind(*subfuns, *ins, **params)
+    return list(out) if primitive.multiple_results else [out]
+
+
+def bind_eqn(eqn, *ins) -> list:
+    """Apply one equation (a custom rule) to ``ins``."""
+    return _bind(eqn.primitive, eqn.params, ins)
