@@ -36,6 +36,7 @@ from fbp.ops.losses import (
     LOSSES,
     _batch_count,
     _count,
+    _per,
     bce_with_logits,
     mse,
     softmax_cross_entropy,
@@ -81,11 +82,11 @@ SECOND_DERIVATIVES = {
 def _r_output_delta(loss_fn, z, y, r_z):
     r"""R{δ_L} = (∂²L/∂z²) R{z} for δ_L from ``fbp.losses``' ``*_delta`` helpers."""
     if loss_fn is bce_with_logits:                     # δ = (σ(z) − y)/N
-        return sigmoid_grad(jax.nn.sigmoid(z)) * r_z / _count(z)
+        return _per(sigmoid_grad(jax.nn.sigmoid(z)) * r_z, _count(z))
     if loss_fn is mse:                                 # δ = 2(z − y)/N
-        return 2 * r_z / _count(z)
+        return _per(2 * r_z, _count(z))
     # softmax CE: δ = (s Σ_k t_k − t)/m, so R{δ} = Σ_k t_k (diag(s) − s sᵀ) R{z} / m
-    r_delta = softmax_vjp(jax.nn.softmax(z, axis=-1), r_z) / _batch_count(z)
+    r_delta = _per(softmax_vjp(jax.nn.softmax(z, axis=-1), r_z), _batch_count(z))
     if jnp.issubdtype(y.dtype, jnp.integer):
         return r_delta
     return r_delta * jnp.sum(y, axis=-1, keepdims=True)
