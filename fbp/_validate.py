@@ -168,25 +168,29 @@ def class_labels(labels, name: str, n_classes: int, *, where=None) -> None:
             )
 
 
-def check_labels_for(y, name: str, trace) -> None:
-    """Run ``trace()`` (an abstract ``jax.eval_shape`` of the loss) noting class counts, then
-    check the concrete integer ``y`` against each: inside a compiled loop no label value is
-    seen, so this is the only place a label outside [0, C) can be refused."""
-    if not (jnp.issubdtype(y.dtype, jnp.integer) and is_concrete(y)) or not y.size:
-        trace()
-        return
+def traced_class_counts(trace) -> set[int]:
+    """Run ``trace()`` (an abstract ``jax.eval_shape`` of a loss) and return the class counts
+    of the unmasked softmax_cross_entropy calls it traced.  (A masked loss reads only the
+    labels its ``where`` selects, and padding may hold −1: those are not checked.)"""
     with noting_class_counts() as seen:
         trace()
+    return {n for n, masked in seen if not masked}
+
+
+def labels_within(y, name: str, class_counts) -> None:
+    """Concrete integer ``y`` lies in [0, C) for every C in ``class_counts``: inside a compiled
+    loop no label value is seen, so this is the only place a label outside it is refused."""
+    if not (class_counts and jnp.issubdtype(y.dtype, jnp.integer) and is_concrete(y) and y.size):
+        return
     values = np.asarray(y)
     lo, hi = int(values.min()), int(values.max())
-    # a masked loss reads only the labels its where selects (padding may hold −1): not checked
-    for n_classes in sorted({n for n, masked in seen if not masked}):
+    for n_classes in sorted(class_counts):
         if lo < 0 or hi >= n_classes:
             raise ValueError(
                 f"{name} holds integer class labels in [{lo}, {hi}], but the loss's "
                 f"softmax_cross_entropy has {n_classes} classes: labels must lie in "
-                f"[0, {n_classes}). (Inside the compiled loop the loss sees no label values, "
-                f"where a label outside the range would make the loss and gradient NaN.)"
+                f"[0, {n_classes}). (Inside the compiled program the loss sees no label "
+                f"values; a label outside the range would make its loss and gradient NaN.)"
             )
 
 
