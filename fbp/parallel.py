@@ -118,7 +118,7 @@ def _label_check(grad_fn, n_shards: int):
                shard(x), shard(y))
         if key not in cache:
             cache[key] = traced_class_counts(
-                lambda: jax.eval_shape(grad_fn, abstract, shard(x), shard(y)))
+                lambda: jax.eval_shape(lambda *a: grad_fn(*a), abstract, shard(x), shard(y)))
         labels_within(y, "y", cache[key])
 
     return check

@@ -246,7 +246,9 @@ def _check_before_compiling(loss_fn, grad_fn, params, state, x, y, *, stacked, k
     fn, fn_name = (loss_fn, "loss_fn") if loss_fn is not None else (grad_fn, "grad_fn")
     args = (_abstract(params), bx, by) + ((_abstract(state),) if threaded else ())
     out = []
-    counts = traced_class_counts(lambda: out.append(jax.eval_shape(fn, *args)))
+    # a fresh function: eval_shape's trace cache would skip the validators on a repeat
+    counts = traced_class_counts(
+        lambda: out.append(jax.eval_shape(lambda *a: fn(*a), *args)))
     _check_contract(fn_name, out[0], params, state, threaded)
     labels_within(y, "y (data[1])", counts)
 

@@ -158,7 +158,7 @@ def softmax_cross_entropy(logits, labels, *, where=None):
               label is never read (padding may hold any integer, e.g. −1).  An all-False
               ``where`` selects no position: L = 0 and every gradient is 0 (M is taken as
               max(Σ where, 1)), so a batch of padding alone leaves the parameters as they are
-              — where ``jnp.mean(..., where=)`` and optax give 0/0 = NaN.
+              — where ``jnp.mean(per_example_losses, where=where)`` gives 0/0 = NaN.
 
     Labels outside [0, n_classes): refused with a ValueError when concrete; inside ``jit``
     (values unknown) such an example's loss and gradient row are both NaN, the forward and
