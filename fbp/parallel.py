@@ -35,6 +35,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from fbp._fit_checks import abstract
 from fbp._validate import float_array, labels_within, traced_class_counts
 
 __all__ = ["data_parallel", "data_parallel_step", "default_mesh", "shard_batch"]
@@ -112,13 +113,12 @@ def _label_check(grad_fn, n_shards: int):
         if not jax.numpy.issubdtype(y.dtype, jax.numpy.integer):
             return
         shard = lambda a: jax.ShapeDtypeStruct((a.shape[0] // n_shards,) + a.shape[1:], a.dtype)
-        abstract = jax.tree_util.tree_map(
-            lambda a: jax.ShapeDtypeStruct(jax.numpy.shape(a), jax.numpy.result_type(a)), params)
-        key = (jax.tree_util.tree_structure(abstract), tuple(jax.tree_util.tree_leaves(abstract)),
+        shapes = abstract(params)
+        key = (jax.tree_util.tree_structure(shapes), tuple(jax.tree_util.tree_leaves(shapes)),
                shard(x), shard(y))
         if key not in cache:
             cache[key] = traced_class_counts(
-                lambda: jax.eval_shape(lambda *a: grad_fn(*a), abstract, shard(x), shard(y)))
+                lambda: jax.eval_shape(lambda *a: grad_fn(*a), shapes, shard(x), shard(y)))
         labels_within(y, "y", cache[key])
 
     return check

@@ -250,7 +250,8 @@ def test_init_mlp_names_a_bad_key_and_takes_typed_keys():
     with pytest.raises(ValueError, match=r"key must be one key; got a stack of keys of shape "
                                          r"\(3, 2\)"):
         fbp.init_mlp(jax.random.split(jax.random.PRNGKey(0), 3), [2, 3])
-    typed, raw = fbp.init_mlp(jax.random.key(0), [2, 3]), fbp.init_mlp(jax.random.PRNGKey(0), [2, 3])
+    typed = fbp.init_mlp(jax.random.key(0), [2, 3])
+    raw = fbp.init_mlp(jax.random.PRNGKey(0), [2, 3])
     np.testing.assert_array_equal(typed[0].W, raw[0].W)       # the same threefry bits
 
 

@@ -4,12 +4,16 @@ too) at a version inside its range, and make installs from it; README starts wit
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+
+try:
+    import tomllib
+except ModuleNotFoundError:                      # Python 3.10: pip's vendored copy
+    from pip._vendor import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

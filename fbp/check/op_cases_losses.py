@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fbp.check.op_table import M, N_IN, OpCase, _normal
+from fbp.check.op_table import N_IN, M, OpCase, _normal
 from fbp.ops import losses
 
 T = 2   # a (M, T) batch of sequences of T positions, N_IN classes
