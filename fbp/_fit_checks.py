@@ -70,6 +70,33 @@ def _check_contract(fn_name, out, params, state, threaded) -> None:
                         f"{[b for _, b in shapes]}. (optax matches grads to params leaf by leaf.)")
 
 
+_TRACED: dict = {}       # (fn, argument shapes) -> (output shapes, class counts); at most 64
+
+
+def _signature(tree):
+    return jax.tree.structure(tree), tuple(jax.tree.leaves(tree))
+
+
+def _trace_once(fn, args):
+    """The output shapes of fn(*args) and the class counts its losses noted, traced once per
+    function and argument shapes (so repeated fits of one loss trace it only when compiling)."""
+    try:
+        key = (fn, _signature(args))
+        hash(key)
+    except TypeError:                      # an unhashable callable: trace every time
+        key = None
+    if key is not None and key in _TRACED:
+        return _TRACED[key]
+    out = []
+    # a fresh function: eval_shape's own trace cache would skip the validators on a repeat
+    counts = traced_class_counts(lambda: out.append(jax.eval_shape(lambda *a: fn(*a), *args)))
+    if key is not None:
+        if len(_TRACED) >= 64:
+            _TRACED.pop(next(iter(_TRACED)))
+        _TRACED[key] = out[0], counts
+    return out[0], counts
+
+
 def check_before_compiling(loss_fn, grad_fn, params, state, x, y, *, stacked, k, threaded):
     """One abstract trace of the per-step function: its output contract, and integer labels
     in y against the class count of every softmax_cross_entropy the loss calls."""
@@ -79,11 +106,8 @@ def check_before_compiling(loss_fn, grad_fn, params, state, x, y, *, stacked, k,
     by = jax.ShapeDtypeStruct((m // k, *rest_y), y.dtype)
     fn, fn_name = (loss_fn, "loss_fn") if loss_fn is not None else (grad_fn, "grad_fn")
     args = (abstract(params), bx, by) + ((abstract(state),) if threaded else ())
-    out = []
-    # a fresh function: eval_shape's trace cache would skip the validators on a repeat
-    counts = traced_class_counts(
-        lambda: out.append(jax.eval_shape(lambda *a: fn(*a), *args)))
-    _check_contract(fn_name, out[0], params, state, threaded)
+    out, counts = _trace_once(fn, args)
+    _check_contract(fn_name, out, params, state, threaded)
     labels_within(y, "y (data[1])", counts)
 
 

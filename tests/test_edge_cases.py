@@ -315,8 +315,9 @@ def test_mlp_names_the_layers_whose_widths_do_not_chain():
         with pytest.raises(ValueError, match=msg):
             f(bad, x)
     good = fbp.init_mlp(key, [2, 3, 1])
-    with pytest.raises(ValueError, match=r"layer 0 expects inputs of width 2; x \(shape "
-                                         r"\(5, 4\)\) gives 4"):
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 2\): params\[0\]\.W has "
+                                         r"shape \(3, 2\), so layer 0 expects inputs of width 2; "
+                                         r"got x of shape \(5, 4\), which gives 4"):
         fbp.mlp(good, jnp.ones((5, 4)))
 
 

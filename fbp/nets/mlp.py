@@ -163,8 +163,9 @@ def _check_widths(params, x) -> None:
             raise ValueError(f"params[{l}].W must have shape (n_out, n_in); got {shape}.")
     n_x = getattr(x, "shape", (None,))[-1] if getattr(x, "ndim", 0) else None
     if n_x is not None and Ws[0][1] != n_x:
-        raise ValueError(f"params[0].W has shape {Ws[0]}, so layer 0 expects inputs of width "
-                         f"{Ws[0][1]}; x (shape {x.shape}) gives {n_x} features (features last).")
+        raise ValueError(f"x must have shape (..., {Ws[0][1]}): params[0].W has shape {Ws[0]}, "
+                         f"so layer 0 expects inputs of width {Ws[0][1]}; got x of shape "
+                         f"{x.shape}, which gives {n_x} features (features last).")
     for l in range(1, len(Ws)):
         if Ws[l][1] != Ws[l - 1][0]:
             raise ValueError(
