@@ -203,14 +203,15 @@ def numerical_grad(f, *args, argnums=0, eps: float | None = None, order: int = 4
         raise ValueError(f"argnums must index the {len(args)} arguments; got {argnums!r}.")
     nums = tuple(int(i) % len(args) for i in nums)
     _check_order(order)
-    for i in nums:
-        if not any(_is_float_leaf(leaf) for leaf in jax.tree_util.tree_leaves(args[i])):
-            got = getattr(args[i], "dtype", type(args[i]).__name__)
-            raise ValueError(
-                f"argnums={argnums!r} selects args[{i}], which has no floating-point leaves "
-                f"(got {got}); numerical_grad differentiates floating arguments only. Point "
-                f"argnums at a floating argument, or cast it: jnp.asarray(args[{i}], "
-                f"jnp.float64).")
+    floating = [i for i in nums
+                if any(_is_float_leaf(leaf) for leaf in jax.tree_util.tree_leaves(args[i]))]
+    if not floating:              # integer arguments beside floating ones just get None
+        got = ", ".join(f"args[{i}]: {getattr(args[i], 'dtype', type(args[i]).__name__)}"
+                        for i in nums)
+        raise ValueError(
+            f"argnums={argnums!r} selects no floating-point argument ({got}); numerical_grad "
+            f"differentiates floating arguments only (integer ones get None). Point argnums at "
+            f"a floating argument, or cast it, e.g. jnp.asarray(args[{nums[0]}], jnp.float64).")
 
     value = jax.eval_shape(f, *args)
     if getattr(value, "shape", None) != ():
