@@ -34,6 +34,7 @@ from fbp.ops.norms import (
 from fbp.parallel import data_parallel, data_parallel_step, default_mesh, shard_batch
 from fbp.second_order import hessian, hvp
 from fbp.train import FitResult, accumulate_grads, backprop_grad_fn, fit
+from fbp.transposed import transposed
 
 __all__ = [
     "Backprop",
@@ -80,4 +81,5 @@ __all__ = [
     "softmax",
     "softmax_cross_entropy",
     "tanh",
+    "transposed",
 ]
