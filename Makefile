@@ -5,12 +5,25 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint experiments bench check clean docs
+LOCK   := requirements.lock
 
-$(STAMP): pyproject.toml
+.PHONY: test lint experiments bench check clean docs lock
+
+# Installs the exact versions in requirements.lock (pip's constraints file): a fresh machine
+# gets the JAX this suite passed with, while pyproject.toml keeps ranges for library users.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,experiments,docs]'
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[dev,experiments,docs]'
+	touch $(STAMP)
+
+# Refresh the lock: upgrade every dependency within pyproject.toml's ranges, run the suite,
+# and write the versions it passed with (the lock is left as it was if a test fails).
+lock: $(STAMP)
+	$(BIN)/python -m pip install -q --upgrade -e '.[dev,experiments,docs]'
+	$(BIN)/python -m pytest -q -n auto
+	{ sed -n '/^#/p' $(LOCK); $(BIN)/python -m pip freeze --exclude-editable; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -8,6 +8,7 @@ concrete: inside ``jit`` only shapes and dtypes are known, and those are still c
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import jax
@@ -43,15 +44,20 @@ def float_array(x, name: str, *, min_rank: int = 0):
     return x
 
 
-def same_dtype(**arrays) -> None:
-    """All arrays share one dtype, or a TypeError that lists them."""
+def same_dtype(fix: str | None = None, **arrays) -> None:
+    """All arrays share one dtype, or a TypeError that lists them.
+
+    The hint casts the first array whose dtype differs to the first array's dtype, unless
+    ``fix`` (a sentence that works at the caller's level, e.g. which init to call) is given.
+    """
     dtypes = {name: a.dtype for name, a in arrays.items()}
     if len(set(dtypes.values())) > 1:
         got = ", ".join(f"{n}: {d}" for n, d in dtypes.items())
         first = next(iter(arrays))
+        odd = next(n for n, d in dtypes.items() if d != dtypes[first])
         raise TypeError(
             f"{', '.join(arrays)} must share one dtype; got {got}. "
-            f"Cast them to one, e.g. x.astype({first}.dtype)."
+            + (fix or f"Cast them to one, e.g. {odd}.astype({first}.dtype).")
         )
 
 
@@ -89,6 +95,102 @@ def in_range(x, name: str, low: float, high: float) -> None:
         if not (low <= lo and hi <= high):
             raise ValueError(
                 f"{name} must lie in [{low}, {high}]; got values in [{lo}, {hi}]."
+            )
+
+
+def positive_int(v, name: str, what: str = "") -> int:
+    """A positive integer of any integer type (Python, NumPy, a 0-d integer array) as an int."""
+    if isinstance(v, (jax.Array, np.ndarray)) and v.ndim == 0 and is_concrete(v) \
+            and jnp.issubdtype(v.dtype, jnp.integer):
+        v = int(v)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive int{what}; got {type(v).__name__} {v!r}.")
+    if v < 1:
+        raise ValueError(f"{name} must be a positive int{what}; got {int(v)}.")
+    return int(v)
+
+
+def prng_key(key, name: str = "key"):
+    """One ``jax.random`` key: a typed key (``jax.random.key(0)``, shape ()) or a raw uint32
+    key (``jax.random.PRNGKey(0)``, shape (2,)); anything else is a TypeError naming it."""
+    how = "e.g. jax.random.key(0) or jax.random.PRNGKey(0)"
+    if not hasattr(key, "dtype") or not hasattr(key, "shape"):
+        raise TypeError(f"{name} must be a jax.random key, {how}; got {type(key).__name__} "
+                        f"{key!r}.")
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{name} must be one key; got a stack of keys of shape "
+                             f"{key.shape}. Pass one of them, e.g. {name}[0].")
+        return key
+    if key.dtype == jnp.uint32 and key.ndim == 1:
+        return key
+    if key.dtype == jnp.uint32 and key.ndim > 1:
+        raise ValueError(f"{name} must be one key; got a stack of keys of shape {key.shape}. "
+                         f"Pass one of them, e.g. {name}[0].")
+    raise TypeError(f"{name} must be a jax.random key, {how}; got an array of dtype "
+                    f"{key.dtype} and shape {key.shape}.")
+
+
+# ── integer class labels: checked when concrete; their class count noted when traced ──
+
+_CLASS_COUNTS: list[list[tuple[int, bool]]] = []
+
+
+@contextlib.contextmanager
+def noting_class_counts():
+    """Collect the class count of every softmax_cross_entropy traced inside (``fbp.fit`` and
+    ``fbp.data_parallel`` trace the loss abstractly once, then check concrete labels)."""
+    seen: list[tuple[int, bool]] = []   # (n_classes, masked by where)
+    _CLASS_COUNTS.append(seen)
+    try:
+        yield seen
+    finally:
+        _CLASS_COUNTS.pop()
+
+
+def class_labels(labels, name: str, n_classes: int, *, where=None) -> None:
+    """Integer labels lie in [0, n_classes) where ``where`` is True (everywhere without it),
+    checked when concrete; when traced, n_classes is noted for ``noting_class_counts``."""
+    if not is_concrete(labels) or (where is not None and not is_concrete(where)):
+        for seen in _CLASS_COUNTS:
+            seen.append((n_classes, where is not None))
+        return
+    values = np.asarray(labels)  # NumPy: no tracing even when called inside a jit trace
+    if where is not None:
+        values = values[np.asarray(where)]
+    if values.size:
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi >= n_classes:
+            raise ValueError(
+                f"{name} must lie in [0, {n_classes}) for {n_classes} classes; got values in "
+                f"[{lo}, {hi}]." + (" (Only positions where `where` is True are read.)"
+                                    if where is not None else "")
+            )
+
+
+def traced_class_counts(trace) -> set[int]:
+    """Run ``trace()`` (an abstract ``jax.eval_shape`` of a loss) and return the class counts
+    of the unmasked softmax_cross_entropy calls it traced.  (A masked loss reads only the
+    labels its ``where`` selects, and padding may hold −1: those are not checked.)"""
+    with noting_class_counts() as seen:
+        trace()
+    return {n for n, masked in seen if not masked}
+
+
+def labels_within(y, name: str, class_counts) -> None:
+    """Concrete integer ``y`` lies in [0, C) for every C in ``class_counts``: inside a compiled
+    loop no label value is seen, so this is the only place a label outside it is refused."""
+    if not (class_counts and jnp.issubdtype(y.dtype, jnp.integer) and is_concrete(y) and y.size):
+        return
+    values = np.asarray(y)
+    lo, hi = int(values.min()), int(values.max())
+    for n_classes in sorted(class_counts):
+        if lo < 0 or hi >= n_classes:
+            raise ValueError(
+                f"{name} holds integer class labels in [{lo}, {hi}], but the loss's "
+                f"softmax_cross_entropy has {n_classes} classes: labels must lie in "
+                f"[0, {n_classes}). (Inside the compiled program the loss sees no label "
+                f"values; a label outside the range would make its loss and gradient NaN.)"
             )
 
 

@@ -145,9 +145,10 @@ def _batch_size(tree, batch_size) -> int:
     if batch_size is None:
         n = max(_n_coords(tree), 1)
         return max(1, min(n, _CHUNK_ELEMENTS // n))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
-    return batch_size
+    return int(batch_size)
 
 
 def _numerical_vjp(f, args, cotangent, eps=None, order=4, batch_size=None):
@@ -195,12 +196,22 @@ def numerical_grad(f, *args, argnums=0, eps: float | None = None, order: int = 4
       the gradient with respect to ``args[argnums]`` (a tuple of them for a tuple argnums);
       integer leaves get ``None``.
     """
-    single = isinstance(argnums, int)
+    single = isinstance(argnums, (int, np.integer))
     nums = (argnums,) if single else tuple(argnums)
-    if not nums or any(not isinstance(i, int) or not -len(args) <= i < len(args) for i in nums):
+    if not nums or any(isinstance(i, bool) or not isinstance(i, (int, np.integer))
+                       or not -len(args) <= i < len(args) for i in nums):
         raise ValueError(f"argnums must index the {len(args)} arguments; got {argnums!r}.")
-    nums = tuple(i % len(args) for i in nums)
+    nums = tuple(int(i) % len(args) for i in nums)
     _check_order(order)
+    floating = [i for i in nums
+                if any(_is_float_leaf(leaf) for leaf in jax.tree_util.tree_leaves(args[i]))]
+    if not floating:              # integer arguments beside floating ones just get None
+        got = ", ".join(f"args[{i}]: {getattr(args[i], 'dtype', type(args[i]).__name__)}"
+                        for i in nums)
+        raise ValueError(
+            f"argnums={argnums!r} selects no floating-point argument ({got}); numerical_grad "
+            f"differentiates floating arguments only (integer ones get None). Point argnums at "
+            f"a floating argument, or cast it, e.g. jnp.asarray(args[{nums[0]}], jnp.float64).")
 
     value = jax.eval_shape(f, *args)
     if getattr(value, "shape", None) != ():

@@ -35,7 +35,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fbp._validate import float_array
+from fbp._fit_checks import abstract
+from fbp._validate import float_array, labels_within, traced_class_counts
 
 __all__ = ["data_parallel", "data_parallel_step", "default_mesh", "shard_batch"]
 
@@ -102,6 +103,27 @@ def _per_shard_output(grad_fn, params, x, y, n_shards: int) -> None:
         )
 
 
+def _label_check(grad_fn, n_shards: int):
+    """check(params, x, y): concrete integer labels y against the class counts of the
+    softmax_cross_entropy calls in grad_fn, found once per shape by an abstract trace of one
+    shard (inside the compiled program the values are never seen)."""
+    cache: dict = {}
+
+    def check(params, x, y) -> None:
+        if not jax.numpy.issubdtype(y.dtype, jax.numpy.integer):
+            return
+        shard = lambda a: jax.ShapeDtypeStruct((a.shape[0] // n_shards,) + a.shape[1:], a.dtype)
+        shapes = abstract(params)
+        key = (jax.tree_util.tree_structure(shapes), tuple(jax.tree_util.tree_leaves(shapes)),
+               shard(x), shard(y))
+        if key not in cache:
+            cache[key] = traced_class_counts(
+                lambda: jax.eval_shape(lambda *a: grad_fn(*a), shapes, shard(x), shard(y)))
+        labels_within(y, "y", cache[key])
+
+    return check
+
+
 def data_parallel(grad_fn, mesh: Mesh | None = None, axis: str = "data"):
     r"""``grad_fn`` run data-parallel: the batch sharded over a mesh axis, results all-reduced.
 
@@ -114,6 +136,10 @@ def data_parallel(grad_fn, mesh: Mesh | None = None, axis: str = "data"):
         It may itself accumulate over micro-batches (those then run inside each device).
       mesh: a ``jax.sharding.Mesh``; default ``default_mesh(axis)``, all devices in 1-D.
       axis: the mesh axis the batch is split over.
+    Integer labels in y are checked before the compiled program runs, against the class
+    count of every softmax_cross_entropy grad_fn calls (found by one abstract trace per
+    shape): a label outside [0, C) is a ValueError here, not a NaN inside.
+
     Returns:
       a jitted function of the same signature: ``x: (m, ...)`` and ``y: (m, ...)`` with m
       divisible by N = ``mesh.shape[axis]`` (else a ``ValueError``), params replicated; it
@@ -136,8 +162,12 @@ def data_parallel(grad_fn, mesh: Mesh | None = None, axis: str = "data"):
         _per_shard_output(grad_fn, params, x, y, n_shards)
         return sharded(params, x, y)
 
+    check_labels = _label_check(grad_fn, n_shards)
+
     def parallel_grad_fn(params, x, y):
-        return run(params, *_check_batch(x, y, n_shards, axis))
+        x, y = _check_batch(x, y, n_shards, axis)
+        check_labels(params, x, y)
+        return run(params, x, y)
 
     # .lower(params, x, y).compile().as_text() shows the compiled program and its all-reduce
     parallel_grad_fn.lower = lambda params, x, y: run.lower(
@@ -188,8 +218,12 @@ def data_parallel_step(grad_fn, optimizer: optax.GradientTransformation,
         _per_shard_output(grad_fn, params, x, y, n_shards)
         return sharded(params, opt_state, x, y)
 
+    check_labels = _label_check(grad_fn, n_shards)
+
     def step(params, opt_state, x, y):
-        return run(params, opt_state, *_check_batch(x, y, n_shards, axis))
+        x, y = _check_batch(x, y, n_shards, axis)
+        check_labels(params, x, y)
+        return run(params, opt_state, x, y)
 
     step.lower = lambda params, opt_state, x, y: run.lower(
         params, opt_state, *_check_batch(x, y, n_shards, axis))

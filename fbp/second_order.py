@@ -17,7 +17,14 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from fbp._validate import float_array
-from fbp.nets.mlp import _check_params, _skips, resolve_activation, resolve_loss
+from fbp.nets.mlp import (
+    _check_params,
+    _check_widths,
+    _like,
+    _skips,
+    resolve_activation,
+    resolve_loss,
+)
 from fbp.ops.activations import (
     _INV_SQRT_2PI,
     ACTIVATIONS,
@@ -30,12 +37,13 @@ from fbp.ops.activations import (
     softmax_vjp,
     tanh,
 )
-from fbp.ops.linear import Dense, dense
+from fbp.ops.linear import Dense, dense, rows
 from fbp.ops.losses import (
     DELTAS,
     LOSSES,
     _batch_count,
     _count,
+    _per,
     bce_with_logits,
     mse,
     softmax_cross_entropy,
@@ -81,11 +89,11 @@ SECOND_DERIVATIVES = {
 def _r_output_delta(loss_fn, z, y, r_z):
     r"""R{δ_L} = (∂²L/∂z²) R{z} for δ_L from ``fbp.losses``' ``*_delta`` helpers."""
     if loss_fn is bce_with_logits:                     # δ = (σ(z) − y)/N
-        return sigmoid_grad(jax.nn.sigmoid(z)) * r_z / _count(z)
+        return _per(sigmoid_grad(jax.nn.sigmoid(z)) * r_z, _count(z))
     if loss_fn is mse:                                 # δ = 2(z − y)/N
-        return 2 * r_z / _count(z)
+        return _per(2 * r_z, _count(z))
     # softmax CE: δ = (s Σ_k t_k − t)/m, so R{δ} = Σ_k t_k (diag(s) − s sᵀ) R{z} / m
-    r_delta = softmax_vjp(jax.nn.softmax(z, axis=-1), r_z) / _batch_count(z)
+    r_delta = _per(softmax_vjp(jax.nn.softmax(z, axis=-1), r_z), _batch_count(z))
     if jnp.issubdtype(y.dtype, jnp.integer):
         return r_delta
     return r_delta * jnp.sum(y, axis=-1, keepdims=True)
@@ -156,7 +164,7 @@ def hvp(params, x, y, v, activation="sigmoid", loss="bce_with_logits", *,
       v: the direction, a pytree like params (list of ``Dense(V_l, c_l)``), same dtypes.
       activation, loss, residual: as in ``fbp.backprop``.
     Returns:
-      H v as a list of ``Dense`` shaped like params.
+      H v in the structure of params (a list of ``Dense`` for init_mlp's).
     """
     _check_plain(params)
     act = resolve_activation(activation)
@@ -169,6 +177,7 @@ def hvp(params, x, y, v, activation="sigmoid", loss="bce_with_logits", *,
     v = _check_direction(params, v)
     sigma_prime, sigma_second = DERIVATIVES[act], SECOND_DERIVATIVES[act]
     x = float_array(x, "x", min_rank=1)
+    _check_widths(params, x)
 
     # forward and forward R-pass
     skips = _skips(params, residual)
@@ -204,18 +213,15 @@ def hvp(params, x, y, v, activation="sigmoid", loss="bce_with_logits", *,
             s1 = sigma_prime(zs[l], hs[l])
             r_delta = r_a_bar * s1 + a_bar * sigma_second(zs[l], hs[l]) * r_zs[l]
             delta = a_bar * s1
-        d2 = delta.reshape(-1, delta.shape[-1])
-        rd2 = r_delta.reshape(-1, r_delta.shape[-1])
-        a_prev = acts[l].reshape(-1, acts[l].shape[-1])
-        r_a_prev = r_acts[l].reshape(-1, r_acts[l].shape[-1])
-        out[l] = Dense(rd2.T @ a_prev + d2.T @ r_a_prev, jnp.sum(rd2, axis=0))
+        d2, rd2, a_prev, r_a_prev = rows(delta), rows(r_delta), rows(acts[l]), rows(r_acts[l])
+        out[l] = _like(params[l], rd2.T @ a_prev + d2.T @ r_a_prev, jnp.sum(rd2, axis=0))
         if l > 0:
             through_W, r_through_W = delta @ W, r_delta @ W + delta @ V
             if l < n_layers - 1 and skips[l]:
                 a_bar, r_a_bar = through_W + a_bar, r_through_W + r_a_bar
             else:
                 a_bar, r_a_bar = through_W, r_through_W
-    return out
+    return out if isinstance(params, list) else type(params)(out)
 
 
 def hessian(params, x, y, activation="sigmoid", loss="bce_with_logits", *,

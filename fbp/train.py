@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fbp._validate import finite_scalar, float_array
+from fbp._fit_checks import check_before_compiling, check_opt_state, donatable
+from fbp._validate import finite_scalar, float_array, positive_int
 from fbp.nets.mlp import backprop
 
 
@@ -34,22 +35,20 @@ class FitResult(NamedTuple):
                loss at the initial parameters), as the tutorial's ``train`` records it.
     records:   ``record(params)`` stacked over steps (leading axis ``steps``), evaluated at
                the same parameters as ``losses``; ``None`` when no ``record`` is given.
+    state:     the threaded state after the last step (batch norm's running statistics)
+               when ``fit`` was given ``state=``; ``None`` otherwise.
     """
 
     params: Any
     opt_state: Any
     losses: jax.Array
     records: Any
+    state: Any = None
 
 
 # ── validation ──
 
-def _positive_int(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name} must be a positive int; got {type(v).__name__} {v!r}.")
-    if v < 1:
-        raise ValueError(f"{name} must be a positive int; got {v}.")
-    return v
+_positive_int = positive_int   # steps, micro_batches: any integer type (NumPy's too)
 
 
 def _check_data(data, name: str = "data"):
@@ -84,19 +83,26 @@ def _check_divisible(m: int, k: int) -> None:
 
 # ── gradient accumulation (§11.3) ──
 
-def _accumulate(grad_fn, params, x, y, k: int):
+def _accumulate(grad_fn, params, x, y, k: int, state=None, threaded: bool = False):
+    """(loss, grads), or (loss, grads, state) when a state is threaded (grad_fn then takes
+    and returns it: each micro-batch's forward updates it in turn, as k steps' forwards do)."""
+    call = (lambda p, bx, by, s: grad_fn(p, bx, by, s)) if threaded else (
+        lambda p, bx, by, s: (*grad_fn(p, bx, by), s))
     if k == 1:
-        return grad_fn(params, x, y)
+        out = call(params, x, y, state)
+        return out if threaded else out[:2]
     split = lambda a: a.reshape((k, a.shape[0] // k) + a.shape[1:])
 
-    def body(total, batch):
-        loss, grads = grad_fn(params, *batch)
-        return jax.tree_util.tree_map(jnp.add, total, grads), loss
+    def body(carry, batch):
+        total, s = carry
+        loss, grads, s = call(params, *batch, s)
+        return (jax.tree_util.tree_map(jnp.add, total, grads), s), loss
 
     # grads are shaped like params (what optax needs too), so the sum starts from zeros_like
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    total, losses = jax.lax.scan(body, zeros, (split(x), split(y)))
-    return jnp.mean(losses), jax.tree_util.tree_map(lambda t: t / k, total)
+    (total, state), losses = jax.lax.scan(body, (zeros, state), (split(x), split(y)))
+    out = jnp.mean(losses), jax.tree_util.tree_map(lambda t: t / k, total)
+    return (*out, state) if threaded else out
 
 
 def accumulate_grads(grad_fn, params, x, y, micro_batches: int):
@@ -147,28 +153,29 @@ def backprop_grad_fn(activation="sigmoid", loss="bce_with_logits", *, residual: 
 # ── the training loop ──
 
 @partial(jax.jit, static_argnames=("grad_fn", "optimizer", "steps", "stacked", "micro_batches",
-                                   "record"),
+                                   "record", "threaded"),
          donate_argnames=("opt_state",))
-def _fit(params, opt_state, x, y, *, grad_fn, optimizer, steps, stacked, micro_batches,
-         record):
+def _fit(params, opt_state, state, x, y, *, grad_fn, optimizer, steps, stacked, micro_batches,
+         record, threaded):
     def step(carry, batch):
-        params, opt_state = carry
+        params, opt_state, state = carry
         bx, by = batch if stacked else (x, y)
-        loss, grads = _accumulate(grad_fn, params, bx, by, micro_batches)
+        loss, grads, *rest = _accumulate(grad_fn, params, bx, by, micro_batches, state, threaded)
+        state = rest[0] if threaded else state
         recorded = None if record is None else record(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), (loss, recorded)
+        return (optax.apply_updates(params, updates), opt_state, state), (loss, recorded)
 
     xs = (x, y) if stacked else None
-    (params, opt_state), (losses, records) = jax.lax.scan(
-        step, (params, opt_state), xs, length=steps)
-    return FitResult(params, opt_state, losses, records)
+    (params, opt_state, state), (losses, records) = jax.lax.scan(
+        step, (params, opt_state, state), xs, length=steps)
+    return FitResult(params, opt_state, losses, records, state if threaded else None)
 
 
 def fit(loss_fn: Callable | None, params, data, optimizer: optax.GradientTransformation,
         steps: int, *, grad_fn: Callable | None = None, stacked: bool = False,
         micro_batches: int = 1, clip_norm: float | None = None, opt_state=None,
-        record: Callable | None = None) -> FitResult:
+        record: Callable | None = None, state=None) -> FitResult:
     r"""Train ``params`` for ``steps`` optimiser updates, the whole loop in one compiled scan.
 
     Each step:  (L, g) = grad_fn(θ, x, y);  (u, s) = optimizer.update(g, s, θ);  θ ← θ + u.
@@ -209,20 +216,37 @@ def fit(loss_fn: Callable | None, params, data, optimizer: optax.GradientTransfo
         (It is then donated: do not reuse it.)
       record: optional ``record(params) -> pytree`` evaluated inside the loop at the
         parameters of each step (before the update), stacked into ``FitResult.records``.
+      state: a state threaded through the loop and never updated by the optimiser — batch
+        norm's running statistics (``params, state = init_mlp(key, sizes, norm="batch")``).
+        Then ``loss_fn(params, x, y, state) -> (loss, new_state)``, e.g.
+        ``lambda p, x, y, s: fbp.mlp_loss(p, x, y, "relu", state=s)``; each step uses the
+        state the previous one returned, and ``FitResult.state`` is the last.
     Returns:
-      ``FitResult(params, opt_state, losses: (steps,), records)``.
+      ``FitResult(params, opt_state, losses: (steps,), records, state)``.
+
+    Checked before compiling, by one abstract trace (shapes only): that ``loss_fn`` returns a
+    scalar (or ``(loss, new_state)`` with ``state=``), that ``grad_fn`` returns ``(loss,
+    grads)`` with grads in the structure of params, that ``opt_state`` matches the optimiser,
+    and that integer labels in ``y`` lie in [0, C) for the C classes of every
+    ``softmax_cross_entropy`` the loss calls (inside the loop the values are not seen).
+    The opt_state leaves that share a buffer with params (``optax.contrib.prodigy`` keeps
+    the initial params) are copied before donation, so every optax optimiser trains.
     """
     if grad_fn is None:
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable (params, x, y) -> scalar, or pass "
                             f"grad_fn=; got {type(loss_fn).__name__}.")
-        grad_fn = _value_and_grad(loss_fn)
+        grad_fn = _value_and_grad(loss_fn, has_aux=state is not None)
     elif loss_fn is not None:
         raise ValueError("give loss_fn or grad_fn, not both (grad_fn computes the loss too); "
                          "pass loss_fn=None with grad_fn=.")
     elif not callable(grad_fn):
         raise TypeError(f"grad_fn must be callable (params, x, y) -> (loss, grads); "
                         f"got {type(grad_fn).__name__}.")
+    threaded = state is not None
+    if threaded and loss_fn is None:
+        raise ValueError("state= is threaded through loss_fn(params, x, y, state) -> (loss, "
+                         "new_state); it cannot be used with grad_fn=. Pass loss_fn instead.")
     if not (callable(getattr(optimizer, "init", None))
             and callable(getattr(optimizer, "update", None))):
         raise TypeError("optimizer must be an optax GradientTransformation (with init and "
@@ -248,12 +272,17 @@ def fit(loss_fn: Callable | None, params, data, optimizer: optax.GradientTransfo
             raise ValueError(f"each batch of x and y must hold the same number of examples; "
                              f"got x: {x.shape}, y: {y.shape}.")
     _check_divisible(x.shape[1] if stacked else x.shape[0], k)
+    check_before_compiling(loss_fn, None if loss_fn is not None else grad_fn, params, state,
+                            x, y, stacked=stacked, k=k, threaded=threaded)
     if clip_norm is not None:
         optimizer = _clipped(optimizer, clip_norm)
     if opt_state is None:
         opt_state = optimizer.init(params)
-    return _fit(params, opt_state, x, y, grad_fn=grad_fn, optimizer=optimizer, steps=steps,
-                stacked=stacked, micro_batches=k, record=record)
+    else:
+        check_opt_state(opt_state, optimizer, params)
+    return _fit(params, donatable(opt_state, params), state, x, y, grad_fn=grad_fn,
+                optimizer=optimizer, steps=steps, stacked=stacked, micro_batches=k,
+                record=record, threaded=threaded)
 
 
 @lru_cache(maxsize=64)
@@ -263,17 +292,22 @@ def _clipped(optimizer, clip_norm: float):
 
 
 class _value_and_grad:
-    """``jax.value_and_grad(loss_fn)``, hashed by ``loss_fn`` so the jit cache finds it again."""
+    """``jax.value_and_grad(loss_fn)``, hashed by ``loss_fn`` so the jit cache finds it again.
+    With ``has_aux`` (a threaded state): ``(params, x, y, state) -> (loss, grads, new_state)``."""
 
-    def __init__(self, loss_fn):
-        self.loss_fn = loss_fn
-        self._vg = jax.value_and_grad(loss_fn)
+    def __init__(self, loss_fn, has_aux: bool = False):
+        self.loss_fn, self.has_aux = loss_fn, has_aux
+        self._vg = jax.value_and_grad(loss_fn, has_aux=has_aux)
 
-    def __call__(self, params, x, y):
-        return self._vg(params, x, y)
+    def __call__(self, params, x, y, *state):
+        if not self.has_aux:
+            return self._vg(params, x, y)
+        (loss, new_state), grads = self._vg(params, x, y, *state)
+        return loss, grads, new_state
 
     def __hash__(self):
-        return hash(self.loss_fn)
+        return hash((self.loss_fn, self.has_aux))
 
     def __eq__(self, other):
-        return isinstance(other, _value_and_grad) and other.loss_fn is self.loss_fn
+        return (isinstance(other, _value_and_grad) and other.loss_fn is self.loss_fn
+                and other.has_aux == self.has_aux)

@@ -12,10 +12,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from fbp._validate import float_array
+from fbp._validate import float_array, positive_int, prng_key
 from fbp.ops.activations import ACTIVATIONS, DERIVATIVES
-from fbp.ops.linear import Dense, dense, init_dense
+from fbp.ops.linear import Dense, dense, init_dense, rows
 from fbp.ops.losses import DELTAS, LOSSES
 from fbp.ops.norms import (
     BatchNormParams,
@@ -84,14 +85,13 @@ def init_mlp(key, sizes, scheme: str = "he", dtype=None, *, norm: str | None = N
     calling ``mlp(..., residual=True)``.  Passing it here checks that some hidden layer
     keeps its width (n_l = n_{l−1}), so that the skip connections exist at all.
     """
+    key = prng_key(key)
     sizes = list(sizes) if isinstance(sizes, (list, tuple)) else sizes
     if not isinstance(sizes, list) or len(sizes) < 2:
         raise ValueError(
             f"sizes must list at least two layer widths [n_in, ..., n_out]; got {sizes!r}."
         )
-    for i, n in enumerate(sizes):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"sizes[{i}] must be a positive int; got {n!r}.")
+    sizes = [positive_int(n, f"sizes[{i}]") for i, n in enumerate(sizes)]
     if norm not in _NORMS:
         raise ValueError(f"norm must be None, 'batch' or 'layer'; got {norm!r}.")
     if not isinstance(residual, bool):
@@ -119,13 +119,18 @@ def _check_params(params) -> str | None:
     def is_dense(p):
         return isinstance(p, tuple) and not isinstance(p, NormDense) and len(p) == 2
 
-    if not isinstance(params, (list, tuple)) or not params or not all(
-        is_dense(p) or isinstance(p, NormDense) for p in params
-    ):
+    if not isinstance(params, (list, tuple)) or not params:
         raise TypeError(
             "params must be a non-empty list of Dense(W, b) (or NormDense for the hidden "
-            f"layers), as init_mlp returns; got {type(params).__name__}."
+            f"layers), as init_mlp returns; got {_describe(params)}."
         )
+    for i, p in enumerate(params):
+        if not (is_dense(p) or isinstance(p, NormDense)):
+            got = (f"a tuple of length {len(p)}" if isinstance(p, tuple) else type(p).__name__)
+            raise TypeError(
+                f"params[{i}] must be a layer, Dense(W, b) (or a (W, b) pair, or NormDense for "
+                f"a hidden layer), as init_mlp returns; got {got}."
+                + (" Build it as fbp.Dense(W=..., b=...)." if isinstance(p, dict) else ""))
     if not is_dense(params[-1]):
         raise TypeError("the last layer of params must be a plain Dense(W, b) (the logits "
                         f"are not normalised); got {type(params[-1]).__name__}.")
@@ -149,6 +154,34 @@ def _dense_of(p) -> Dense:
     return p.dense if isinstance(p, NormDense) else Dense(*p)
 
 
+def _check_widths(params, x) -> None:
+    """Each layer's input width is the width the layer before gives (x's for the first), so a
+    mismatch is named by layer here instead of by dense's view of a hidden activation."""
+    Ws = [np.shape(_dense_of(p).W) for p in params]
+    for l, shape in enumerate(Ws):
+        if len(shape) != 2:
+            raise ValueError(f"params[{l}].W must have shape (n_out, n_in); got {shape}.")
+    n_x = getattr(x, "shape", (None,))[-1] if getattr(x, "ndim", 0) else None
+    if n_x is not None and Ws[0][1] != n_x:
+        raise ValueError(f"x must have shape (..., {Ws[0][1]}): params[0].W has shape {Ws[0]}, "
+                         f"so layer 0 expects inputs of width {Ws[0][1]}; got x of shape "
+                         f"{x.shape}, which gives {n_x} features (features last).")
+    for l in range(1, len(Ws)):
+        if Ws[l][1] != Ws[l - 1][0]:
+            raise ValueError(
+                f"params[{l}].W has shape {Ws[l]}, so layer {l} expects inputs of width "
+                f"{Ws[l][1]}; but params[{l - 1}].W has shape {Ws[l - 1]}, so layer {l - 1} gives "
+                f"{Ws[l - 1][0]}. The widths must chain: params[{l}].W.shape[1] == "
+                f"params[{l - 1}].W.shape[0].")
+
+
+def _like(p, W_bar, b_bar):
+    """(W̄, b̄) in the structure of the layer p: Dense for Dense, a plain pair for a pair."""
+    if isinstance(p, Dense) or not isinstance(p, tuple):
+        return Dense(W_bar, b_bar)
+    return type(p)((W_bar, b_bar)) if type(p) is tuple else type(p)(W_bar, b_bar)
+
+
 def _skips(params, residual: bool) -> list[bool]:
     """Which hidden layers carry an identity skip (only where the width is unchanged)."""
     if not isinstance(residual, bool):
@@ -168,19 +201,20 @@ def _plain_block(act, params, a):
     return act(dense(params, a))
 
 
-def _layer_block(act, params, a):
+def _layer_block(act, eps, params, a):
     d, ln = params
-    return act(layer_norm(ln, dense(d, a)))
+    return act(layer_norm(ln, dense(d, a), eps))
 
 
-def _batch_block(act, training, params, a):
+def _batch_block(act, options, params, a):
     (d, bn), state = params            # the state rides along with params; it gets no gradient
-    z, new_state = batch_norm(bn, dense(d, a), state, training=training)
+    z, new_state = batch_norm(bn, dense(d, a), state, **options)
     return act(z), new_state
 
 
 def mlp(params, x, activation="sigmoid", *, residual: bool = False, state=None,
-        training: bool = True):
+        training: bool = True, momentum: float = 0.9, eps: float = 1e-5,
+        unbiased_var: bool = False):
     r"""Forward pass: hidden layers a_l = σ(norm(W_l a_{l−1} + b_l)), last layer linear.
 
     ``norm`` is whatever the params hold (see ``init_mlp``): nothing, ``layer_norm`` or
@@ -204,10 +238,15 @@ def mlp(params, x, activation="sigmoid", *, residual: bool = False, state=None,
       residual: add identity skips where widths match.
       state: list of ``BatchNormState``, one per hidden layer (batch norm only).
       training: batch statistics (True) or running statistics (False); batch norm only.
+      momentum, unbiased_var: batch norm's (see ``fbp.batch_norm``: momentum weights the
+        old running value, as in Flax; PyTorch's momentum p is 1 − p here, with
+        ``unbiased_var=True``).
+      eps: the ε added to the variance by every norm layer (batch or layer norm).
     Returns:
       the logits ``(..., n_L)``; with batch norm ``(logits, new_state)``.
     """
     kind = _check_params(params)
+    _check_widths(params, x)
     act = resolve_activation(activation)
     skips = _skips(params, residual)
     if not isinstance(training, bool):
@@ -223,9 +262,13 @@ def mlp(params, x, activation="sigmoid", *, residual: bool = False, state=None,
     a, new_state = x, []
     for l, (p, skip) in enumerate(zip(params[:-1], skips, strict=True)):
         if kind == "batch":
-            block, p, aux = partial(_batch_block, act, training), (p, state[l]), True
+            options = dict(training=training, momentum=momentum, eps=eps,
+                           unbiased_var=unbiased_var)
+            block, p, aux = partial(_batch_block, act, options), (p, state[l]), True
+        elif kind == "layer":
+            block, aux = partial(_layer_block, act, eps), False
         else:
-            block, aux = partial(_layer_block if kind == "layer" else _plain_block, act), False
+            block, aux = partial(_plain_block, act), False
         out = residual_block(block, has_aux=aux)(p, a) if skip else block(p, a)
         if aux:
             a, s = out
@@ -237,14 +280,18 @@ def mlp(params, x, activation="sigmoid", *, residual: bool = False, state=None,
 
 
 def mlp_loss(params, x, y, activation="sigmoid", loss="bce_with_logits", *,
-             residual: bool = False, state=None, training: bool = True):
+             residual: bool = False, state=None, training: bool = True,
+             momentum: float = 0.9, eps: float = 1e-5, unbiased_var: bool = False):
     """``loss(mlp(params, x, activation), y)``: a scalar whose ``jax.grad`` runs fbp's rules.
 
     With batch norm it returns ``(loss, new_state)``: differentiate it with
-    ``jax.value_and_grad(mlp_loss, has_aux=True)``.
+    ``jax.value_and_grad(mlp_loss, has_aux=True)``, or train it with
+    ``fbp.fit(..., state=state)``, which threads the state through the loop.
+    ``momentum``, ``eps`` and ``unbiased_var`` are passed to the norm layers (see ``mlp``).
     """
     loss_fn = resolve_loss(loss)
-    out = mlp(params, x, activation, residual=residual, state=state, training=training)
+    out = mlp(params, x, activation, residual=residual, state=state, training=training,
+              momentum=momentum, eps=eps, unbiased_var=unbiased_var)
     if state is not None:
         logits, new_state = out
         return loss_fn(logits, y), new_state
@@ -285,7 +332,9 @@ def backprop(params, x, y, activation="sigmoid", loss="bce_with_logits", *,
       x: floating array ``(..., n_0)``.
       y: targets as the loss takes them.
     Returns:
-      ``Backprop(loss, grads, deltas)``: grads is a list of ``Dense(W̄, b̄)`` like params,
+      ``Backprop(loss, grads, deltas)``: grads in the structure of params (a list of
+      ``Dense(W̄, b̄)`` for init_mlp's, plain ``(W̄, b̄)`` pairs for pairs, so optax sees them
+      as it sees params),
       deltas[l] = ∂L/∂z_{l+1} with shape ``(..., n_{l+1})``.
     """
     kind = _check_params(params)
@@ -301,6 +350,7 @@ def backprop(params, x, y, activation="sigmoid", loss="bce_with_logits", *,
         raise ValueError(f"backprop starts from the losses {', '.join(LOSSES)}; got {loss!r}.")
     sigma_prime = DERIVATIVES[act]
     x = float_array(x, "x", min_rank=1)
+    _check_widths(params, x)
 
     # forward, caching z, h and a for every layer (tutorial §11.2)
     skips = _skips(params, residual)
@@ -327,11 +377,10 @@ def backprop(params, x, y, activation="sigmoid", loss="bce_with_logits", *,
         if l < n_layers - 1:
             delta = a_bar * sigma_prime(zs[l], hs[l])
         deltas[l] = delta
-        d2 = delta.reshape(-1, delta.shape[-1])
-        a_prev = acts[l].reshape(-1, acts[l].shape[-1])
-        grads[l] = Dense(d2.T @ a_prev, jnp.sum(d2, axis=0))
+        d2, a_prev = rows(delta), rows(acts[l])
+        grads[l] = _like(params[l], d2.T @ a_prev, jnp.sum(d2, axis=0))
         if l > 0:
             through_W = delta @ W
             # a skip a_l = a_{l−1} + h_l hands ā_l to a_{l−1} unchanged
             a_bar = through_W + a_bar if (l < n_layers - 1 and skips[l]) else through_W
-    return Backprop(value, grads, deltas)
+    return Backprop(value, grads if isinstance(params, list) else type(params)(grads), deltas)

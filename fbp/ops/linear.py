@@ -8,7 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fbp._validate import float_array, one_of, same_dtype
+from fbp._validate import float_array, one_of, positive_int, prng_key, same_dtype
 
 
 class Dense(NamedTuple):
@@ -29,16 +29,15 @@ def init_dense(key, n_in: int, n_out: int, scheme: str = "he", dtype=None) -> De
     ``"xavier"``:  W ~ N(0, 1) · √(2 / (n_in + n_out))  (Glorot; for tanh/sigmoid).
 
     Args:
-      key: a ``jax.random`` key.
-      n_in, n_out: positive layer widths.
+      key: a ``jax.random`` key (``jax.random.key(0)`` or ``jax.random.PRNGKey(0)``).
+      n_in, n_out: positive layer widths (any integer type).
       scheme: ``"he"`` or ``"xavier"``.
       dtype: a floating dtype; default JAX's default float (float32, or float64 under x64).
     Returns:
       ``Dense(W: (n_out, n_in), b: (n_out,))``.
     """
-    for name, n in (("n_in", n_in), ("n_out", n_out)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{name} must be a positive int; got {n!r}.")
+    key = prng_key(key)
+    n_in, n_out = positive_int(n_in, "n_in"), positive_int(n_out, "n_out")
     one_of(scheme, "scheme", _SCHEMES)
     dtype = jnp.result_type(float) if dtype is None else dtype
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -64,10 +63,17 @@ def _dense_fwd(params, x):
     return _affine(W, b, x), (W, x)
 
 
+def rows(a):
+    """``a`` as ``(m, n)``: every leading batch dimension flattened into m rows.  (Not
+    ``reshape(-1, n)``, which cannot infer m when n = 0: a zero-width layer has empty
+    gradients, not a ZeroDivisionError.)"""
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
+
+
 def _dense_bwd(res, g):
     W, x = res
-    delta = g.reshape(-1, g.shape[-1])               # (m, n_out), all batch dims flattened
-    W_bar = delta.T @ x.reshape(-1, x.shape[-1])     # δᵀ A : (n_out, n_in)
+    delta = rows(g)                                  # (m, n_out), all batch dims flattened
+    W_bar = delta.T @ rows(x)                        # δᵀ A : (n_out, n_in)
     b_bar = jnp.sum(delta, axis=0)                   # Σ δ  : (n_out,)
     x_bar = g @ W                                    # δ W  : (..., n_in)
     return Dense(W_bar, b_bar), x_bar

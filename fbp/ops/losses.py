@@ -2,28 +2,30 @@ r"""Losses (tutorial §5), each ``f(prediction_or_logits, target) -> scalar``.
 
 Every loss is a mean, the tutorial's 1/m: ``bce_with_logits``, ``bce`` and ``mse`` average
 over every element; ``softmax_cross_entropy`` sums over the class axis and averages over
-the leading (batch) axes.  The fused rules are why the output delta is simply ŷ − y.
-The ``*_delta`` helpers hold each gradient once; the VJP rules and ``fbp.backprop`` call them.
+the leading (batch) axes (or over the positions ``where`` selects).  The fused rules are why
+the output delta is simply ŷ − y.  The ``*_delta`` helpers hold each gradient once; the VJP
+rules and ``fbp.backprop`` call them.
+
+Counts are divided in float32 or wider (``_per``), as ``jnp.mean`` does: 1/N in float16
+overflows from N = 65,520 (float16's largest number is 65,504), which would turn every
+gradient of a large float16 batch into exactly 0.
 """
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.scipy.special import xlogy
 
-from fbp._validate import float_array, in_range, is_concrete, same_shape
-
-
-def _count(x) -> int:
-    return max(math.prod(x.shape), 1)
-
-
-def _batch_count(logits) -> int:
-    return max(math.prod(logits.shape[:-1]), 1)
+from fbp._validate import float_array, in_range, same_shape
+from fbp.ops._scale import _acc, _batch_count, _count, _per  # noqa: F401  (fbp.forward, hvp)
+from fbp.ops.cross_entropy import (  # noqa: F401  (fbp.forward wraps the private rules)
+    _sce_labels,
+    _sce_soft,
+    softmax_cross_entropy,
+    softmax_cross_entropy_delta,
+    validate_softmax_cross_entropy,
+)
 
 
 def _float_target(y, like, name: str, like_name: str):
@@ -48,7 +50,7 @@ def _softplus(z):
 def bce_with_logits_delta(z, y):
     """∂L/∂z of the mean BCE on logits: (σ(z) − y) / N, written (1 − y)σ(z) − yσ(−z) so that a
     confidently right prediction keeps its tiny gradient instead of rounding 1 − 1 to 0."""
-    return ((1 - y) * jax.nn.sigmoid(z) - y * jax.nn.sigmoid(-z)) / _count(z)
+    return _per((1 - y) * jax.nn.sigmoid(z) - y * jax.nn.sigmoid(-z), _count(z))
 
 
 @jax.custom_vjp
@@ -63,7 +65,7 @@ def _bce_with_logits_fwd(z, y):
 
 def _bce_with_logits_bwd(res, g):
     z, y = res
-    return g * bce_with_logits_delta(z, y), -g * z / _count(z)
+    return g * bce_with_logits_delta(z, y), -g * _per(z, _count(z))
 
 
 _bce_with_logits.defvjp(_bce_with_logits_fwd, _bce_with_logits_bwd)
@@ -96,9 +98,17 @@ def bce_with_logits(logits, y):
 # ── binary cross-entropy on probabilities (the tutorial's unfused rule) ──
 
 def bce_delta(y_hat, y):
-    """(∂L/∂ŷ, ∂L/∂y) of the mean BCE on probabilities."""
+    """(∂L/∂ŷ, ∂L/∂y) of the mean BCE on probabilities.
+
+    ∂L/∂ŷ = (−y/ŷ + (1 − y)/(1 − ŷ))/N, each term taken as 0 where its coefficient is exactly
+    0: at ŷ = 1 with y = 1 the second term is 0/0 in floating point, but the loss there is
+    −log ŷ alone (its (1 − y) log(1 − ŷ) term is 0 for every ŷ), whose derivative is −1.  So
+    ŷ = y = 1 gives −1/N and ŷ = y = 0 gives +1/N, the limits of the gradient, not NaN.
+    """
     n = _count(y_hat)
-    return (-y / y_hat + (1 - y) / (1 - y_hat)) / n, -(jnp.log(y_hat) - jnp.log1p(-y_hat)) / n
+    pull = jnp.where(y == 0, 0, -y / jnp.where(y == 0, 1, y_hat))              # −y/ŷ
+    push = jnp.where(y == 1, 0, (1 - y) / jnp.where(y == 1, 1, 1 - y_hat))    # (1−y)/(1−ŷ)
+    return _per(pull + push, n), -_per(jnp.log(y_hat) - jnp.log1p(-y_hat), n)
 
 
 @jax.custom_vjp
@@ -126,8 +136,12 @@ def bce(y_hat, y):
     VJP:      ŷ̄ = ḡ (−y/ŷ + (1 − y)/(1 − ŷ)) / N   (the tutorial's ∂L/∂ŷ),
               ȳ = −ḡ (log ŷ − log(1 − ŷ)) / N.
     Saves:    ŷ and y.
-    The gradient is infinite where ŷ reaches 0 or 1; for a network output prefer
-    ``bce_with_logits``, which fuses the sigmoid and stays finite.
+    At the ends:  with the matching label (ŷ = y = 1, or ŷ = y = 0) the loss is 0 and ŷ̄ is
+    its limit ∓ḡ/N: a term whose coefficient is exactly 0 (y or 1 − y) is 0, not 0/0 = NaN.
+    (In float32 sigmoid(z) rounds to 1 from z ≈ 17, so ``bce(sigmoid(z), 1)`` reaches this
+    point in ordinary training; JAX's autodiff of the same forward gives NaN there.)
+    Against the wrong label (ŷ = 1, y = 0) ŷ̄ is +inf, as the maths says; for a network
+    output prefer ``bce_with_logits``, which fuses the sigmoid and stays finite.
 
     Args:
       y_hat: probabilities in [0, 1], any shape (N elements in all).
@@ -142,115 +156,11 @@ def bce(y_hat, y):
     return _bce(y_hat, y)
 
 
-# ── softmax cross-entropy (fused), integer labels or soft targets ──
-
-def softmax_cross_entropy_delta(z, labels):
-    """∂L/∂z: (softmax(z)·Σt − t) / m, which is (softmax − onehot)/m for labels."""
-    s = jax.nn.softmax(z, axis=-1)
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        return (s - jax.nn.one_hot(labels, z.shape[-1], dtype=z.dtype)) / _batch_count(z)
-    return (s * jnp.sum(labels, axis=-1, keepdims=True) - labels) / _batch_count(z)
-
-
-@jax.custom_vjp
-def _sce_labels(z, labels):
-    logp = jax.nn.log_softmax(z, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], axis=-1))
-
-
-def _sce_labels_fwd(z, labels):
-    logp = jax.nn.log_softmax(z, axis=-1)
-    loss = -jnp.mean(jnp.take_along_axis(logp, labels[..., None], axis=-1))
-    return loss, (logp, labels)
-
-
-def _sce_labels_bwd(res, g):
-    logp, labels = res
-    onehot = jax.nn.one_hot(labels, logp.shape[-1], dtype=logp.dtype)
-    return g * (jnp.exp(logp) - onehot) / _batch_count(logp), None
-
-
-_sce_labels.defvjp(_sce_labels_fwd, _sce_labels_bwd)
-
-
-@jax.custom_vjp
-def _sce_soft(z, t):
-    return -jnp.mean(jnp.sum(t * jax.nn.log_softmax(z, axis=-1), axis=-1))
-
-
-def _sce_soft_fwd(z, t):
-    logp = jax.nn.log_softmax(z, axis=-1)
-    return -jnp.mean(jnp.sum(t * logp, axis=-1)), (logp, t)
-
-
-def _sce_soft_bwd(res, g):
-    logp, t = res
-    m = _batch_count(logp)
-    z_bar = g * (jnp.exp(logp) * jnp.sum(t, axis=-1, keepdims=True) - t) / m
-    return z_bar, -g * logp / m
-
-
-_sce_soft.defvjp(_sce_soft_fwd, _sce_soft_bwd)
-
-
-def softmax_cross_entropy(logits, labels):
-    r"""Cross-entropy of softmax(logits) against class labels, fused and stable.
-
-    Forward:  L = (1/m) Σ_examples [logsumexp(z) − Σ_k t_k z_k]   with t = onehot(label)
-              or a soft target; log-softmax is formed as z − logsumexp(z), never log(softmax).
-    VJP:      z̄ = ḡ (softmax(z) − t) / m   (for soft targets that do not sum to 1:
-              ḡ (softmax(z) Σ_k t_k − t) / m);  t̄ = −ḡ log softmax(z) / m;  integer labels
-              get no cotangent.
-    Saves:    log softmax(z) and the labels (or targets).
-
-    Args:
-      logits: floating array ``(..., n_classes)``; m is the product of the leading dims.
-      labels: integer class indices of shape ``(...)`` in [0, n_classes), or floating
-        one-hot / soft targets of shape ``(..., n_classes)``.
-    Returns:
-      the mean loss, a scalar.
-    """
-    z, labels = validate_softmax_cross_entropy(logits, labels)
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        return _sce_labels(z, labels)
-    return _sce_soft(z, labels)
-
-
-def validate_softmax_cross_entropy(logits, labels):
-    """``(z, labels)`` as arrays after the checks ``softmax_cross_entropy`` (and its twin) make."""
-    z = float_array(logits, "logits", min_rank=1)
-    labels = jnp.asarray(labels)
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        if labels.shape != z.shape[:-1]:
-            raise ValueError(
-                f"integer labels must have shape logits.shape[:-1] = {z.shape[:-1]}; got "
-                f"{labels.shape}. (For one-hot or soft targets pass floats of shape {z.shape}.)"
-            )
-        if is_concrete(labels) and labels.size:
-            values = np.asarray(labels)  # NumPy: no tracing even inside a jit trace
-            lo, hi = int(values.min()), int(values.max())
-            if lo < 0 or hi >= z.shape[-1]:
-                raise ValueError(
-                    f"labels must lie in [0, {z.shape[-1]}) for {z.shape[-1]} classes; "
-                    f"got values in [{lo}, {hi}]."
-                )
-        return z, labels
-    t = float_array(labels, "labels")
-    if t.shape != z.shape:
-        raise ValueError(
-            f"soft/one-hot labels must have the shape of logits {z.shape}; got {t.shape}. "
-            f"(For class indices pass integers of shape {z.shape[:-1]}.)"
-        )
-    if t.dtype != z.dtype:
-        raise TypeError(f"labels must have the dtype of logits ({z.dtype}); got {t.dtype}.")
-    return z, t
-
-
 # ── mean squared error ──
 
 def mse_delta(y_hat, y):
     """∂L/∂ŷ of the mean squared error: 2 (ŷ − y) / N."""
-    return 2 * (y_hat - y) / _count(y_hat)
+    return _per(2 * (y_hat - y), _count(y_hat))
 
 
 @jax.custom_vjp
@@ -265,7 +175,7 @@ def _mse_fwd(y_hat, y):
 
 def _mse_bwd(res, g):
     (d,) = res
-    y_hat_bar = g * 2 * d / _count(d)
+    y_hat_bar = g * _per(2 * d, _count(d))
     return y_hat_bar, -y_hat_bar
 
 
