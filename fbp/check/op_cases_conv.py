@@ -14,6 +14,7 @@ import numpy as np
 from jax import lax
 
 from fbp.check.op_table import OpCase, _normal
+from fbp.nets import cnn
 from fbp.ops import conv, dropout, group_norm, pooling
 
 STRIDED = {"stride": 2, "padding": ((1, 0), (0, 1))}   # (5 + 1 − 3) mod 2 = 1: a cropped row
@@ -68,6 +69,24 @@ def ref_dropout(key, x, rate):
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
+def ref_cnn(params, x, pool: int = 2):
+    """``fbp.cnn`` from lax / jax.nn only: (conv SAME → relu → max-pool) × L → dense."""
+    a = x
+    for layer in params.convs:
+        a = ref_max_pool2d(jax.nn.relu(ref_conv2d(layer, a, 1, "SAME")), pool, pool)
+    a = a.reshape(*a.shape[:-3], -1)
+    z = a @ params.head.W.T
+    return z + jnp.broadcast_to(params.head.b, z.shape)
+
+
+def _cnn_args(r, d):
+    """A 1-block CNN on 4×4×1 images.  A pool window of relu zeros is a tie, but whichever
+    zero gets ḡ, relu' = 0 there, so the rule and the reference agree."""
+    params = cnn.init_cnn(jax.random.PRNGKey(int(r.integers(2**31))), (4, 4, 1), (2,), 3,
+                          dtype=d)
+    return params, _normal(r, (2, 4, 4, 1), d)
+
+
 def cases() -> list:
     def gn_params(r, d, c=4):
         return group_norm.GroupNormParams(1 + 0.3 * _normal(r, (c,), d), _normal(r, (c,), d))
@@ -89,6 +108,7 @@ def cases() -> list:
         OpCase("group_norm(groups 2)", lambda p, x: group_norm.group_norm(p, x, 2),
                lambda r, d: (gn_params(r, d), _normal(r, (2, 3, 3, 4), d)),
                lambda p, x: ref_group_norm(p, x, 2)),
+        OpCase("cnn(conv-relu-pool, dense)", cnn.cnn, _cnn_args, ref_cnn),
         OpCase("dropout(0.25)", dropout.dropout,
                lambda r, d: (jax.random.PRNGKey(int(r.integers(2**31))), _normal(r, (3, 4), d),
                              0.25),
