@@ -2,7 +2,7 @@
 
 References (fbp.check.op_cases_conv): ``lax.conv_general_dilated``, ``lax.reduce_window`` and
 plain ``jnp`` — never fbp.  The op table proves its cases (plain and strided-padded conv2d,
-im2col, max and avg pooling, group_norm, dropout, cnn) with every check of fbp.check_vjp in
+im2col, max and avg pooling, group_norm, dropout) with every check of fbp.check_vjp in
 float64 and float32 (tests/test_check_op_table.py) and forward mode through fbp.transposed
 (tests/test_transposed.py); here the four-way proof covers the other configurations, then
 hypothesis shapes (any leading dims, none included), vmap, float32.  Beyond: direct and

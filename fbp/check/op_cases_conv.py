@@ -1,7 +1,10 @@
 r"""The op table's cases for convolution, pooling, group norm and dropout (tiny shapes).
 
-References: ``lax.conv_general_dilated`` for conv2d, ``lax.reduce_window`` for pooling, plain
-``jnp`` for group norm, ``jnp.where`` of JAX's own Bernoulli mask for dropout.  max_pool2d's
+References: ``lax.conv_general_dilated`` for conv2d (its ``_patches`` twin for im2col),
+``lax.reduce_window`` for pooling, plain ``jnp`` for group norm, ``jnp.where`` of JAX's own
+Bernoulli mask for dropout; ``ref_cnn`` composes them for fbp.cnn (tests/test_nets_cnn.py and
+the digits experiment; conv2d(method="im2col") is proven in tests/test_ops_conv.py, its two
+parts, im2col and dense, here).  max_pool2d's
 inputs are distinct values at least 0.1 apart (a random permutation), so no window has a
 tie and no finite-difference step changes the argmax.
 """
@@ -14,7 +17,6 @@ import numpy as np
 from jax import lax
 
 from fbp.check.op_table import OpCase, _normal
-from fbp.nets import cnn
 from fbp.ops import conv, dropout, group_norm, pooling
 
 STRIDED = {"stride": 2, "padding": ((1, 0), (0, 1))}   # (5 + 1 − 3) mod 2 = 1: a cropped row
@@ -31,6 +33,15 @@ def ref_conv2d(params, x, stride=1, padding="VALID"):
     y = lax.conv_general_dilated(x, params.W, s, padding,
                                  dimension_numbers=("NHWC", "OHWI", "NHWC"))
     return y + jnp.broadcast_to(params.b, y.shape)
+
+
+def ref_im2col(x, k, s, padding):
+    """``lax.conv_general_dilated_patches`` (features in (c, a, b) order) reordered to (a, b, c)."""
+    p = lax.conv_general_dilated_patches(x, (k, k), (s, s), padding,
+                                         dimension_numbers=("NHWC", "OIHW", "NHWC"))
+    n, ho, wo, _ = p.shape
+    return (p.reshape(n, ho, wo, x.shape[-1], k, k).transpose(0, 1, 2, 4, 5, 3)
+            .reshape(n, ho, wo, -1))
 
 
 def _distinct(r, shape, d):
@@ -79,14 +90,6 @@ def ref_cnn(params, x, pool: int = 2):
     return z + jnp.broadcast_to(params.head.b, z.shape)
 
 
-def _cnn_args(r, d):
-    """A 1-block CNN on 4×4×1 images.  A pool window of relu zeros is a tie, but whichever
-    zero gets ḡ, relu' = 0 there, so the rule and the reference agree."""
-    params = cnn.init_cnn(jax.random.PRNGKey(int(r.integers(2**31))), (4, 4, 1), (2,), 3,
-                          dtype=d)
-    return params, _normal(r, (2, 4, 4, 1), d)
-
-
 def cases() -> list:
     def gn_params(r, d, c=4):
         return group_norm.GroupNormParams(1 + 0.3 * _normal(r, (c,), d), _normal(r, (c,), d))
@@ -96,8 +99,9 @@ def cases() -> list:
                ref_conv2d),
         OpCase("conv2d(stride 2, padded)", lambda p, x: conv.conv2d(p, x, **STRIDED), _conv_args,
                lambda p, x: ref_conv2d(p, x, 2, STRIDED["padding"])),
-        OpCase("conv2d(im2col)", lambda p, x: conv.conv2d(p, x, method="im2col", **STRIDED),
-               _conv_args, lambda p, x: ref_conv2d(p, x, 2, STRIDED["padding"])),
+        OpCase("im2col(3, stride 2, SAME)", lambda x: conv.im2col(x, 3, stride=2, padding="SAME"),
+               lambda r, d: (_normal(r, (2, 4, 4, 2), d),),
+               lambda x: ref_im2col(x, 3, 2, "SAME")),
         OpCase("max_pool2d(2, stride 1)", lambda x: pooling.max_pool2d(x, 2, stride=1),
                lambda r, d: (_distinct(r, (2, 4, 4, 2), d),),
                lambda x: ref_max_pool2d(x, 2, 1)),
@@ -108,7 +112,6 @@ def cases() -> list:
         OpCase("group_norm(groups 2)", lambda p, x: group_norm.group_norm(p, x, 2),
                lambda r, d: (gn_params(r, d), _normal(r, (2, 3, 3, 4), d)),
                lambda p, x: ref_group_norm(p, x, 2)),
-        OpCase("cnn(conv-relu-pool, dense)", cnn.cnn, _cnn_args, ref_cnn),
         OpCase("dropout(0.25)", dropout.dropout,
                lambda r, d: (jax.random.PRNGKey(int(r.integers(2**31))), _normal(r, (3, 4), d),
                              0.25),
