@@ -99,9 +99,9 @@ def cases() -> list:
                ref_conv2d),
         OpCase("conv2d(stride 2, padded)", lambda p, x: conv.conv2d(p, x, **STRIDED), _conv_args,
                lambda p, x: ref_conv2d(p, x, 2, STRIDED["padding"])),
-        OpCase("im2col(3, stride 2, SAME)", lambda x: conv.im2col(x, 3, stride=2, padding="SAME"),
-               lambda r, d: (_normal(r, (2, 4, 4, 2), d),),
-               lambda x: ref_im2col(x, 3, 2, "SAME")),
+        OpCase("im2col(2, stride 2, SAME)", lambda x: conv.im2col(x, 2, stride=2, padding="SAME"),
+               lambda r, d: (_normal(r, (2, 3, 3, 1), d),),      # padded (0, 1): 32 outputs
+               lambda x: ref_im2col(x, 2, 2, "SAME")),
         OpCase("max_pool2d(2, stride 1)", lambda x: pooling.max_pool2d(x, 2, stride=1),
                lambda r, d: (_distinct(r, (2, 4, 4, 2), d),),
                lambda x: ref_max_pool2d(x, 2, 1)),
