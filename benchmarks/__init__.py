@@ -14,6 +14,8 @@ Case groups, one module each:
                  NumPy version of the tutorial's class, and 1,000 networks at once with vmap.
 * ``memory``   — bytes saved for the backward, per op and per step, fbp against autodiff.
 * ``numgrad``  — the cost of central-difference gradients against backprop.
+* ``conv``     — a conv2d training step against ``jax.grad`` of ``lax.conv_general_dilated``;
+                 dropout's residual (the key) against autodiff's mask.
 """
 
-GROUPS = ["steps", "xor", "memory", "numgrad"]
+GROUPS = ["steps", "xor", "memory", "numgrad", "conv"]

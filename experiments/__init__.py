@@ -27,4 +27,5 @@ EXPERIMENTS = [
     "distributed",
     "curvature",
     "pieces",
+    "digits",
 ]

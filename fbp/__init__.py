@@ -16,9 +16,13 @@ Every op is a public function that validates its inputs and calls a private
 
 from fbp import activations, autodiff, forward, linear, losses, norms  # noqa: F401  (old module paths)
 from fbp.check import VJPCheckError, VJPReport, check_vjp
+from fbp.nets.cnn import CNN, cnn, cnn_loss, init_cnn
 from fbp.nets.mlp import Backprop, NormDense, backprop, init_mlp, mlp, mlp_loss
 from fbp.numerical import numerical_grad, numerical_vjp, rel_error
 from fbp.ops.activations import gelu, leaky_relu, relu, sigmoid, softmax, tanh
+from fbp.ops.conv import Conv, conv2d, im2col, init_conv
+from fbp.ops.dropout import dropout
+from fbp.ops.group_norm import GroupNormParams, group_norm, init_group_norm
 from fbp.ops.linear import Dense, dense, init_dense
 from fbp.ops.losses import bce, bce_with_logits, mse, softmax_cross_entropy
 from fbp.ops.norms import (
@@ -31,6 +35,7 @@ from fbp.ops.norms import (
     layer_norm,
     residual,
 )
+from fbp.ops.pooling import avg_pool2d, max_pool2d
 from fbp.parallel import data_parallel, data_parallel_step, default_mesh, shard_batch
 from fbp.second_order import hessian, hvp
 from fbp.train import FitResult, accumulate_grads, backprop_grad_fn, fit
@@ -40,35 +45,49 @@ __all__ = [
     "Backprop",
     "BatchNormParams",
     "BatchNormState",
+    "CNN",
+    "Conv",
     "Dense",
     "FitResult",
+    "GroupNormParams",
     "LayerNormParams",
     "NormDense",
     "VJPCheckError",
     "VJPReport",
     "accumulate_grads",
     "autodiff",
+    "avg_pool2d",
     "backprop",
     "backprop_grad_fn",
     "batch_norm",
     "bce",
     "bce_with_logits",
     "check_vjp",
+    "cnn",
+    "cnn_loss",
+    "conv2d",
     "data_parallel",
     "data_parallel_step",
     "default_mesh",
     "dense",
+    "dropout",
     "fit",
     "forward",
     "gelu",
+    "group_norm",
     "hessian",
     "hvp",
+    "im2col",
     "init_batch_norm",
+    "init_cnn",
+    "init_conv",
     "init_dense",
+    "init_group_norm",
     "init_layer_norm",
     "init_mlp",
     "layer_norm",
     "leaky_relu",
+    "max_pool2d",
     "mlp",
     "mlp_loss",
     "mse",

@@ -152,6 +152,7 @@ BUILDERS = [
 ]
 EXTENSIONS: list[str] = [
     "fbp.check.op_cases_losses",
+    "fbp.check.op_cases_conv",
 ]
 
 
