@@ -21,6 +21,7 @@ from fbp.numerical import numerical_grad, numerical_vjp, rel_error
 from fbp.ops.activations import gelu, leaky_relu, relu, sigmoid, softmax, tanh
 from fbp.ops.linear import Dense, dense, init_dense
 from fbp.ops.losses import bce, bce_with_logits, mse, softmax_cross_entropy
+from fbp.ops.lstm import LSTM, init_lstm, lstm
 from fbp.ops.norms import (
     BatchNormParams,
     BatchNormState,
@@ -31,6 +32,7 @@ from fbp.ops.norms import (
     layer_norm,
     residual,
 )
+from fbp.ops.rnn import RNN, init_rnn, rnn
 from fbp.parallel import data_parallel, data_parallel_step, default_mesh, shard_batch
 from fbp.second_order import hessian, hvp
 from fbp.train import FitResult, accumulate_grads, backprop_grad_fn, fit
@@ -42,8 +44,10 @@ __all__ = [
     "BatchNormState",
     "Dense",
     "FitResult",
+    "LSTM",
     "LayerNormParams",
     "NormDense",
+    "RNN",
     "VJPCheckError",
     "VJPReport",
     "accumulate_grads",
@@ -65,9 +69,12 @@ __all__ = [
     "init_batch_norm",
     "init_dense",
     "init_layer_norm",
+    "init_lstm",
     "init_mlp",
+    "init_rnn",
     "layer_norm",
     "leaky_relu",
+    "lstm",
     "mlp",
     "mlp_loss",
     "mse",
@@ -76,6 +83,7 @@ __all__ = [
     "rel_error",
     "relu",
     "residual",
+    "rnn",
     "shard_batch",
     "sigmoid",
     "softmax",
