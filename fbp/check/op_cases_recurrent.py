@@ -35,7 +35,8 @@ def reference_rnn(params, xs, h0=None, truncate=None):
     def step(h, inputs):
         t, x = inputs
         h = _cut(t, truncate, h)
-        h = jnp.tanh(x @ W_xh.T + h @ W_hh.T + b)
+        z = x @ W_xh.T + h @ W_hh.T
+        h = jnp.tanh(z + jnp.broadcast_to(b, z.shape))
         return h, h
 
     _, hs = lax.scan(step, h0, (jnp.arange(xs.shape[-2]), jnp.moveaxis(xs, -2, 0)))
@@ -51,7 +52,8 @@ def reference_lstm(params, xs, state0=None, truncate=None):
     def step(state, inputs):
         t, x = inputs
         h, c = _cut(t, truncate, state)
-        i, f, g, o = jnp.split(x @ W_x.T + h @ W_h.T + b, 4, axis=-1)
+        z = x @ W_x.T + h @ W_h.T
+        i, f, g, o = jnp.split(z + jnp.broadcast_to(b, z.shape), 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return (h, c), h

@@ -68,7 +68,7 @@ def _lstm_forward(params, xs, h0, c0):
     """(gates (T, B, 4n), cell states c_t (T, B, n), hidden states h_t (T, B, n))."""
     W_x, W_h, b = params
     n = h0.shape[-1]
-    zx = xs @ W_x.T + b                                  # (T, B, 4n): the input part, all t
+    zx = xs @ W_x.T + b[None, None]                                 # (T, B, 4n): the input part, all t
 
     def step(state, zx_t):
         h, c = state
