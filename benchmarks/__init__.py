@@ -14,6 +14,8 @@ Case groups, one module each:
                  NumPy version of the tutorial's class, and 1,000 networks at once with vmap.
 * ``memory``   — bytes saved for the backward, per op and per step, fbp against autodiff.
 * ``numgrad``  — the cost of central-difference gradients against backprop.
+* ``recurrent`` — rnn and lstm training steps (hand-written BPTT) against ``jax.grad`` of a
+                 plain scan: time and XLA temp bytes.
 """
 
-GROUPS = ["steps", "xor", "memory", "numgrad"]
+GROUPS = ["steps", "xor", "memory", "numgrad", "recurrent"]

@@ -27,8 +27,6 @@ from fbp.ops.rnn import (
     check_state,
     check_truncate,
     first_weight,
-    previous,
-    sum_outer,
     time_major,
 )
 
@@ -68,7 +66,7 @@ def _lstm_forward(params, xs, h0, c0):
     """(gates (T, B, 4n), cell states c_t (T, B, n), hidden states h_t (T, B, n))."""
     W_x, W_h, b = params
     n = h0.shape[-1]
-    zx = xs @ W_x.T + b[None, None]                                 # (T, B, 4n): the input part, all t
+    zx = xs @ W_x.T + b[None, None]                      # (T, B, 4n): the input part, all t
 
     def step(state, zx_t):
         h, c = state
@@ -93,34 +91,43 @@ def _lstm_fwd(params, xs, h0, c0, truncate):
     return (hs, cs[-1]), (params, xs, h0, c0, gates, cs, hs)
 
 
+def _state_before(states, s0, t):
+    """s_{t−1} (s0 at t = 0), read in place from the saved states: no shifted copy."""
+    prev = lax.dynamic_index_in_dim(states, jnp.maximum(t - 1, 0), keepdims=False)
+    return jnp.where(t == 0, s0, prev)
+
+
 def _lstm_bwd(truncate, res, g):
     params, xs, h0, c0, gates, cs, hs = res
     W_x, W_h, _ = params
     g_hs, c_last_bar = g
     n = h0.shape[-1]
-    keep = carry_mask(xs.shape[0], truncate, hs.dtype)
-    c_prev = previous(cs, c0)
+    T = xs.shape[0]
+    keep = carry_mask(T, truncate, hs.dtype)
 
-    def step(carry, inputs):                # carry = (W_hᵀ δz_{t+1}, f_{t+1} ⊙ δc_{t+1})
-        dh_next, dc_next = carry
-        g_t, a, c, cp, keep_t = inputs
+    def step(carry, inputs):    # carry: W_hᵀ δz_{t+1}, f_{t+1} ⊙ δc_{t+1}, and the Σ so far
+        dh_next, dc_next, W_x_bar, W_h_bar, b_bar = carry
+        t, g_t, a, c, x_t, keep_t = inputs
         i, f, gg, o = (a[:, k * n:(k + 1) * n] for k in range(4))
+        c_prev, h_prev = _state_before(cs, c0, t), _state_before(hs, h0, t)
         tc = jnp.tanh(c)
         dh = g_t + dh_next                               # δh_t = ḡ_t + W_hᵀ δz_{t+1}
         dc = dc_next + dh * o * (1 - tc**2)              # δc_t = f_{t+1} δc_{t+1} + δh_t o_t tanh'
         dz = jnp.concatenate([dc * gg * i * (1 - i),     # δz_i = δc_t g_t σ'(z_i)
-                              dc * cp * f * (1 - f),     # δz_f = δc_t c_{t−1} σ'(z_f)
+                              dc * c_prev * f * (1 - f),  # δz_f = δc_t c_{t−1} σ'(z_f)
                               dc * i * (1 - gg**2),      # δz_g = δc_t i_t tanh'(z_g)
                               dh * tc * o * (1 - o)],    # δz_o = δh_t tanh(c_t) σ'(z_o)
                              axis=-1)
-        return (keep_t * (dz @ W_h), keep_t * (dc * f)), dz
+        carry = (keep_t * (dz @ W_h), keep_t * (dc * f),
+                 W_x_bar + dz.T @ x_t,                   # W̄_x = Σ_t δz_t x_tᵀ
+                 W_h_bar + dz.T @ h_prev,                # W̄_h = Σ_t δz_t h_{t−1}ᵀ
+                 b_bar + jnp.sum(dz, axis=0))            # b̄ = Σ_t δz_t
+        return carry, dz @ W_x                           # x̄_t = W_xᵀ δz_t
 
-    init = (jnp.zeros_like(h0), c_last_bar)              # c̄_{T−1} enters at the last step
-    (h0_bar, c0_bar), dz = lax.scan(step, init, (g_hs, gates, cs, c_prev, keep), reverse=True)
-    W_x_bar = sum_outer(dz, xs)                          # Σ_t δz_t x_tᵀ
-    W_h_bar = sum_outer(dz, previous(hs, h0))            # Σ_t δz_t h_{t−1}ᵀ
-    b_bar = jnp.sum(dz, axis=(0, 1))                     # Σ_t δz_t
-    xs_bar = dz @ W_x                                    # x̄_t = W_xᵀ δz_t
+    zeros = jnp.zeros_like
+    init = (zeros(h0), c_last_bar, zeros(W_x), zeros(W_h), zeros(params.b))
+    (h0_bar, c0_bar, W_x_bar, W_h_bar, b_bar), xs_bar = lax.scan(
+        step, init, (jnp.arange(T), g_hs, gates, cs, xs, keep), reverse=True)
     # the carry out of step 0 is (W_hᵀ δz_0, f_0 ⊙ δc_0) = (h̄0, c̄0): chunk 0 is never cut
     return LSTM(W_x_bar, W_h_bar, b_bar), xs_bar, h0_bar, c0_bar
 

@@ -155,7 +155,7 @@ def check_params(params, cls, shapes: dict, op: str):
 
 def _rnn_forward(params, xs, h0):
     W_xh, W_hh, b = params
-    zx = xs @ W_xh.T + b[None, None]                                # (T, B, n): the input part, all t at once
+    zx = xs @ W_xh.T + b[None, None]                     # (T, B, n): the input part, all t
 
     def step(h, zx_t):
         h = jnp.tanh(zx_t + h @ W_hh.T)
