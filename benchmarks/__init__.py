@@ -16,6 +16,8 @@ Case groups, one module each:
 * ``numgrad``  — the cost of central-difference gradients against backprop.
 * ``conv``     — a conv2d training step against ``jax.grad`` of ``lax.conv_general_dilated``;
                  dropout's residual (the key) against autodiff's mask.
+* ``recurrent`` — rnn and lstm training steps (hand-written BPTT) against ``jax.grad`` of a
+                 plain scan: time and XLA temp bytes.
 """
 
-GROUPS = ["steps", "xor", "memory", "numgrad", "conv"]
+GROUPS = ["steps", "xor", "memory", "numgrad", "conv", "recurrent"]

@@ -28,4 +28,5 @@ EXPERIMENTS = [
     "curvature",
     "pieces",
     "digits",
+    "bptt",
 ]

@@ -25,6 +25,7 @@ from fbp.ops.dropout import dropout
 from fbp.ops.group_norm import GroupNormParams, group_norm, init_group_norm
 from fbp.ops.linear import Dense, dense, init_dense
 from fbp.ops.losses import bce, bce_with_logits, mse, softmax_cross_entropy
+from fbp.ops.lstm import LSTM, init_lstm, lstm
 from fbp.ops.norms import (
     BatchNormParams,
     BatchNormState,
@@ -36,6 +37,7 @@ from fbp.ops.norms import (
     residual,
 )
 from fbp.ops.pooling import avg_pool2d, max_pool2d
+from fbp.ops.rnn import RNN, init_rnn, rnn
 from fbp.parallel import data_parallel, data_parallel_step, default_mesh, shard_batch
 from fbp.second_order import hessian, hvp
 from fbp.train import FitResult, accumulate_grads, backprop_grad_fn, fit
@@ -50,8 +52,10 @@ __all__ = [
     "Dense",
     "FitResult",
     "GroupNormParams",
+    "LSTM",
     "LayerNormParams",
     "NormDense",
+    "RNN",
     "VJPCheckError",
     "VJPReport",
     "accumulate_grads",
@@ -84,10 +88,13 @@ __all__ = [
     "init_dense",
     "init_group_norm",
     "init_layer_norm",
+    "init_lstm",
     "init_mlp",
+    "init_rnn",
     "layer_norm",
     "leaky_relu",
     "max_pool2d",
+    "lstm",
     "mlp",
     "mlp_loss",
     "mse",
@@ -96,6 +103,7 @@ __all__ = [
     "rel_error",
     "relu",
     "residual",
+    "rnn",
     "shard_batch",
     "sigmoid",
     "softmax",

@@ -153,6 +153,7 @@ BUILDERS = [
 EXTENSIONS: list[str] = [
     "fbp.check.op_cases_losses",
     "fbp.check.op_cases_conv",
+    "fbp.check.op_cases_recurrent",
 ]
 
 
