@@ -19,6 +19,7 @@ from fbp.check import VJPCheckError, VJPReport, check_vjp
 from fbp.nets.mlp import Backprop, NormDense, backprop, init_mlp, mlp, mlp_loss
 from fbp.numerical import numerical_grad, numerical_vjp, rel_error
 from fbp.ops.activations import gelu, leaky_relu, relu, sigmoid, softmax, tanh
+from fbp.ops.embedding import embedding
 from fbp.ops.linear import Dense, dense, init_dense
 from fbp.ops.losses import bce, bce_with_logits, mse, softmax_cross_entropy
 from fbp.ops.norms import (
@@ -56,6 +57,7 @@ __all__ = [
     "data_parallel_step",
     "default_mesh",
     "dense",
+    "embedding",
     "fit",
     "forward",
     "gelu",
