@@ -32,6 +32,7 @@ from fbp.ops.norms import (
     layer_norm,
     residual,
 )
+from fbp.ops.vocab_loss import linear_cross_entropy
 from fbp.parallel import data_parallel, data_parallel_step, default_mesh, shard_batch
 from fbp.second_order import hessian, hvp
 from fbp.train import FitResult, accumulate_grads, backprop_grad_fn, fit
@@ -69,6 +70,7 @@ __all__ = [
     "init_mlp",
     "layer_norm",
     "leaky_relu",
+    "linear_cross_entropy",
     "mlp",
     "mlp_loss",
     "mse",

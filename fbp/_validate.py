@@ -110,7 +110,7 @@ def integer_array(x, name: str):
     return x
 
 
-def indices_in_range(ids, name: str, n: int, *, where=None) -> None:
+def indices_in_range(ids, name: str, n: int, *, where=None, unit: str = "rows") -> None:
     """When concrete, every index lies in [0, n) (only where ``where`` is True, if given)."""
     if not (is_concrete(ids) and ids.size) or (where is not None and not is_concrete(where)):
         return
@@ -122,5 +122,5 @@ def indices_in_range(ids, name: str, n: int, *, where=None) -> None:
     lo, hi = int(values.min()), int(values.max())
     if lo < 0 or hi >= n:
         raise ValueError(
-            f"{name} must lie in [0, {n}) for {n} rows; got values in [{lo}, {hi}]."
+            f"{name} must lie in [0, {n}) for {n} {unit}; got values in [{lo}, {hi}]."
         )

@@ -100,12 +100,3 @@ def test_bad_input_is_explained(table, ids, error, match):
     with pytest.raises(error, match=match):
         fbp.embedding(table, ids)
 
-
-def test_op_table_case_passes_the_checker():
-    """python -m fbp.check holds the embedding case (its vocabulary size a static nondiff arg)."""
-    from fbp.check.checker import check_vjp
-    from fbp.check.op_table import op_cases
-    case = next(c for c in op_cases() if c.name == "embedding")
-    args = case.make_args(np.random.default_rng(0), jnp.dtype("float64"))
-    report = check_vjp(case.fn, *args, reference=case.reference, name=case.name, **case.kwargs)
-    assert report.ok, str(report)
