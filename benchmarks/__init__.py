@@ -14,6 +14,8 @@ Case groups, one module each:
                  NumPy version of the tutorial's class, and 1,000 networks at once with vmap.
 * ``memory``   — bytes saved for the backward, per op and per step, fbp against autodiff.
 * ``numgrad``  — the cost of central-difference gradients against backprop.
+* ``vocab``    — ``linear_cross_entropy`` against autodiff of optax on materialised logits:
+                 XLA temp bytes (a large case compiled only) and paired time.
 """
 
-GROUPS = ["steps", "xor", "memory", "numgrad"]
+GROUPS = ["steps", "xor", "memory", "numgrad", "vocab"]
