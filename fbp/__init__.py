@@ -19,6 +19,8 @@ from fbp.check import VJPCheckError, VJPReport, check_vjp
 from fbp.nets.mlp import Backprop, NormDense, backprop, init_mlp, mlp, mlp_loss
 from fbp.numerical import numerical_grad, numerical_vjp, rel_error
 from fbp.ops.activations import gelu, leaky_relu, relu, sigmoid, softmax, tanh
+from fbp.ops.attention import attention
+from fbp.ops.flash_attention import flash_attention
 from fbp.ops.linear import Dense, dense, init_dense
 from fbp.ops.losses import bce, bce_with_logits, mse, softmax_cross_entropy
 from fbp.ops.norms import (
@@ -46,6 +48,7 @@ __all__ = [
     "VJPCheckError",
     "VJPReport",
     "accumulate_grads",
+    "attention",
     "backprop",
     "backprop_grad_fn",
     "batch_norm",
@@ -57,6 +60,7 @@ __all__ = [
     "default_mesh",
     "dense",
     "fit",
+    "flash_attention",
     "forward",
     "gelu",
     "hessian",
