@@ -21,6 +21,7 @@ from fbp.numerical import numerical_grad, numerical_vjp, rel_error
 from fbp.ops.activations import gelu, leaky_relu, relu, sigmoid, softmax, tanh
 from fbp.ops.attention import attention
 from fbp.ops.flash_attention import flash_attention
+from fbp.ops.embedding import embedding
 from fbp.ops.linear import Dense, dense, init_dense
 from fbp.ops.losses import bce, bce_with_logits, mse, softmax_cross_entropy
 from fbp.ops.norms import (
@@ -59,6 +60,7 @@ __all__ = [
     "data_parallel_step",
     "default_mesh",
     "dense",
+    "embedding",
     "fit",
     "flash_attention",
     "forward",

@@ -15,8 +15,13 @@ from fbp.check.report import Row, _short
 
 # ── structure: call each recorded rule's fwd and bwd directly ──
 
-def _fwd_bwd(rule, *pos):
-    """The rule's own fwd then bwd (under eval_shape: shapes and structure, nothing run)."""
+def _fwd_bwd(rule, static, *dyn):
+    """The rule's own fwd then bwd (under eval_shape: shapes and structure, nothing run).
+
+    ``static`` maps positions to the non-array ``nondiff_argnums`` values (a vocabulary
+    size, an ε): they reach the rule as the Python values it was called with, not traced."""
+    dyn = list(dyn)
+    pos = [static[i] if i in static else dyn.pop(0) for i in range(len(static) + len(dyn))]
     out, res = rule.fwd(*pos)
     ct = jax.tree_util.tree_map(lambda o: jnp.zeros(o.shape, _dtype(o)), out)
     return rule.bwd(*[pos[i] for i in rule.nondiff_argnums], res, ct)
@@ -30,7 +35,9 @@ def _structure_rows(record, f, f_names) -> list:
             pos = inspect.signature(rule.fun).bind(*args, **kwargs).args
             names = f_names if rule is f else _arg_names(rule.fun, len(pos))
             nondiff = tuple(rule.nondiff_argnums)
-            cts = jax.eval_shape(partial(_fwd_bwd, rule), *pos)
+            static = {i: pos[i] for i in nondiff if not isinstance(pos[i], jax.Array)}
+            cts = jax.eval_shape(partial(_fwd_bwd, rule, static),
+                                 *[p for i, p in enumerate(pos) if i not in static])
         except Exception as err:  # noqa: BLE001 — reported, not raised
             rows.append(Row("structure", prefix + "(rule)", "FAIL", hints=[_short(err)]))
             continue
