@@ -20,8 +20,8 @@ from fbp.nets.mlp import Backprop, NormDense, backprop, init_mlp, mlp, mlp_loss
 from fbp.numerical import numerical_grad, numerical_vjp, rel_error
 from fbp.ops.activations import gelu, leaky_relu, relu, sigmoid, softmax, tanh
 from fbp.ops.attention import attention
-from fbp.ops.flash_attention import flash_attention
 from fbp.ops.embedding import embedding
+from fbp.ops.flash_attention import flash_attention
 from fbp.ops.linear import Dense, dense, init_dense
 from fbp.ops.losses import bce, bce_with_logits, mse, softmax_cross_entropy
 from fbp.ops.norms import (

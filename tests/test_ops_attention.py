@@ -52,14 +52,12 @@ def _op(name, f, T, S, causal, scale=None, **kw):
 # causal and not, T ≠ S, T and S not multiples of the block, one block, scale given
 OPS = [
     _op("attention(causal)", attention, 6, 6, True),
-    _op("attention(T≠S)", attention, 5, 7, False),
-    _op("attention(scale=0.7)", attention, 3, 4, False, scale=0.7),
+    _op("attention(T≠S, scale=0.7)", attention, 5, 7, False, scale=0.7),
     _op("flash(causal, block 4, T=7)", flash_attention, 7, 7, True, block_size=4),
-    _op("flash(causal, block 2, T=5)", flash_attention, 5, 5, True, block_size=2),
     _op("flash(T=5≠S=7, block 3)", flash_attention, 5, 7, False, block_size=3),
-    _op("flash(T=9≠S=2, block 4)", flash_attention, 9, 2, False, block_size=4),
-    _op("flash(one block)", flash_attention, 5, 6, False),
-    _op("flash(causal, scale=2)", flash_attention, 6, 6, True, scale=2.0, block_size=4),
+    _op("flash(T=9≠S=2, block 4, scale=2)", flash_attention, 9, 2, False, scale=2.0,
+        block_size=4),
+    _op("flash(causal, one block)", flash_attention, 5, 5, True),
 ]
 
 
@@ -87,7 +85,7 @@ def test_public_function_runs_its_own_rule(op):
     assert _proof.uses_custom_rule(op, op.make(jax.random.PRNGKey(2), (2,)))
 
 
-@pytest.mark.parametrize("op", [OPS[0], OPS[3]], ids=repr)
+@pytest.mark.parametrize("op", [OPS[0], OPS[2]], ids=repr)
 def test_jit_and_vmap(op):
     """Eager equals jit, and per-example VJPs under vmap equal a loop over the examples."""
     args = op.make(jax.random.PRNGKey(2), (2,))
