@@ -24,6 +24,11 @@ from fbp.ops.embedding import embedding
 from fbp.ops.flash_attention import flash_attention
 from fbp.ops.linear import Dense, dense, init_dense
 from fbp.ops.losses import bce, bce_with_logits, mse, softmax_cross_entropy
+from fbp.ops.multi_head_attention import (
+    MultiHeadAttention,
+    init_multi_head_attention,
+    multi_head_attention,
+)
 from fbp.ops.norms import (
     BatchNormParams,
     BatchNormState,
@@ -45,6 +50,7 @@ __all__ = [
     "Dense",
     "FitResult",
     "LayerNormParams",
+    "MultiHeadAttention",
     "NormDense",
     "VJPCheckError",
     "VJPReport",
@@ -71,11 +77,13 @@ __all__ = [
     "init_dense",
     "init_layer_norm",
     "init_mlp",
+    "init_multi_head_attention",
     "layer_norm",
     "leaky_relu",
     "mlp",
     "mlp_loss",
     "mse",
+    "multi_head_attention",
     "numerical_grad",
     "numerical_vjp",
     "rel_error",
