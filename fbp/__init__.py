@@ -19,9 +19,16 @@ from fbp.check import VJPCheckError, VJPReport, check_vjp
 from fbp.nets.mlp import Backprop, NormDense, backprop, init_mlp, mlp, mlp_loss
 from fbp.numerical import numerical_grad, numerical_vjp, rel_error
 from fbp.ops.activations import gelu, leaky_relu, relu, sigmoid, softmax, tanh
+from fbp.ops.attention import attention
 from fbp.ops.embedding import embedding
+from fbp.ops.flash_attention import flash_attention
 from fbp.ops.linear import Dense, dense, init_dense
 from fbp.ops.losses import bce, bce_with_logits, mse, softmax_cross_entropy
+from fbp.ops.multi_head_attention import (
+    MultiHeadAttention,
+    init_multi_head_attention,
+    multi_head_attention,
+)
 from fbp.ops.norms import (
     BatchNormParams,
     BatchNormState,
@@ -44,10 +51,12 @@ __all__ = [
     "Dense",
     "FitResult",
     "LayerNormParams",
+    "MultiHeadAttention",
     "NormDense",
     "VJPCheckError",
     "VJPReport",
     "accumulate_grads",
+    "attention",
     "backprop",
     "backprop_grad_fn",
     "batch_norm",
@@ -60,6 +69,7 @@ __all__ = [
     "dense",
     "embedding",
     "fit",
+    "flash_attention",
     "forward",
     "gelu",
     "hessian",
@@ -68,12 +78,14 @@ __all__ = [
     "init_dense",
     "init_layer_norm",
     "init_mlp",
+    "init_multi_head_attention",
     "layer_norm",
     "leaky_relu",
     "linear_cross_entropy",
     "mlp",
     "mlp_loss",
     "mse",
+    "multi_head_attention",
     "numerical_grad",
     "numerical_vjp",
     "rel_error",

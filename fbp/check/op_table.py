@@ -151,6 +151,7 @@ BUILDERS = [
     _forward_cases,
 ]
 EXTENSIONS: list[str] = [
+    "fbp.check.op_cases_attention",
     "fbp.check.op_cases_vocab",
 ]
 
