@@ -1,7 +1,6 @@
 """benchmarks/vocab.py: both candidates compute the same loss and gradients, and the quick
 run produces a report and one target row per claim (no timing is asserted)."""
 
-import jax
 import jax.numpy as jnp
 
 from benchmarks import vocab
