@@ -102,7 +102,7 @@ def slope(sizes, values) -> float:
     """Fitted d log(temp) / d log(size) over the larger half of the sizes."""
     half = len(sizes) // 2
     x, y = np.log(sizes[half:]), np.log(np.maximum(values[half:], 1))
-    return float(np.polyfit(x, y, 1)[0])
+    return round(float(np.polyfit(x, y, 1)[0]), 3) + 0.0   # + 0.0: no "-0.00"
 
 
 def _agreement(study, fixed, size) -> float:
@@ -140,9 +140,9 @@ def run(quick: bool = False, out: Path = RESULTS) -> dict:
               "attention": "causal attention, {} heads, d = {}, batch 1 (float32)"}
     for ax, name in zip(axes, STUDIES, strict=True):
         r = result[name]
-        for way, marker in zip(WAYS, "os^", strict=True):
-            ax.loglog(r["sizes"], np.asarray(r["temp_bytes"][way]) / 2**20, marker + "-",
-                      base=2, label=f"{way}: slope {r['slopes'][way]:.2f}")
+        for way, style in zip(WAYS, ("o-", "s--", "^-"), strict=True):   # dashed: visible
+            ax.loglog(r["sizes"], np.asarray(r["temp_bytes"][way]) / 2**20, style,  # on top
+                      base=2, mfc="none", label=f"{way}: slope {r['slopes'][way]:.2f}")
         ax.set(xlabel=r["size"], ylabel="XLA temp MiB (loss + gradients)",
                title=titles[name].format(*r["fixed"]))
         ax.legend(fontsize=8)
