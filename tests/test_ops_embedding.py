@@ -34,7 +34,7 @@ OPS = [
 
 
 @pytest.mark.parametrize("op", OPS, ids=repr)
-@pytest.mark.parametrize("batch", [(), (3,), (2, 5)])
+@pytest.mark.parametrize("batch", [(), (2, 5)])
 def test_vjp_equals_autodiff_of_reference(op, batch):
     args = op.make(jax.random.PRNGKey(0), batch, 4)
     assert _proof.vjp_vs_reference(op, args, jax.random.PRNGKey(1)) <= TIGHT
@@ -50,7 +50,7 @@ def test_jacobian_finite_differences_jit_vmap_and_own_rule():
     assert _proof.uses_custom_rule(op, args)
 
 
-@settings(max_examples=8)
+@settings(max_examples=4)
 @given(batch=st.lists(st.integers(1, 4), min_size=0, max_size=3), n=st.integers(1, 9),
        seed=st.integers(0, 2**31 - 1))
 def test_random_shapes_and_values(batch, n, seed):
