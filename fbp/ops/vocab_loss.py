@@ -22,8 +22,9 @@ from jax import lax
 
 from fbp._validate import float_array, indices_in_range, integer_array, same_dtype
 
-# Columns of the vocabulary per block.  Each step holds a (N, block) slab of logits and one
-# of δ: 2 · 4,096 · 1,024 · 4 B = 32 MiB at N = 4,096 in float32, against autodiff's ≥ 512 MiB
+# Columns of the vocabulary per block.  The backward holds a (N, block) slab of logits and one
+# of δ at a time: 2 · 4,096 · 1,024 · 4 B = 32 MiB at N = 4,096 in float32 (XLA reuses one of
+# them: 26 MiB measured), against autodiff's ≥ 512 MiB
 # at V = 32,768; a (D × 1,024) operand is also wide enough that each block's matmuls run near
 # the speed of one big matmul (benchmarks/vocab.py measured 512 … 4,096).
 DEFAULT_BLOCK_SIZE = 1024
@@ -54,22 +55,21 @@ def _n_blocks(V, block):
 # ── the chunked rule: online log-sum-exp forward, blockwise (softmax − onehot)/m backward ──
 
 def _lse_and_label_logit(block, h, W, labels):
-    """lse_i = log Σ_j e^{z_ij} and z_{i, labels_i}, one vocabulary block at a time."""
+    """lse_i = log Σ_j e^{z_ij}, one vocabulary block at a time, and z_{i, yᵢ} = h_i · W_{yᵢ}:
+    the label's logit is one row of W per token (a gather, N·D), not a search of every block."""
     n = h.shape[0]
 
     def step(k, carry):
-        run_max, run_sum, z_label = carry
-        _, W_blk, cols, fresh = _block(W, k, block)
+        run_max, run_sum = carry
+        _, W_blk, _, fresh = _block(W, k, block)
         z = jnp.where(fresh[None, :], h @ W_blk.T, -jnp.inf)             # (N, block)
         new_max = jnp.maximum(run_max, jnp.max(z, axis=1))
-        run_sum = (run_sum * jnp.exp(run_max - new_max)
-                   + jnp.sum(jnp.exp(z - new_max[:, None]), axis=1))
-        hit = fresh[None, :] & (cols[None, :] == labels[:, None])
-        return new_max, run_sum, z_label + jnp.sum(jnp.where(hit, z, 0), axis=1)
+        return new_max, (run_sum * jnp.exp(run_max - new_max)
+                         + jnp.sum(jnp.exp(z - new_max[:, None]), axis=1))
 
-    init = (jnp.full((n,), -jnp.inf, h.dtype), jnp.zeros((n,), h.dtype),
-            jnp.zeros((n,), h.dtype))
-    run_max, run_sum, z_label = lax.fori_loop(0, _n_blocks(W.shape[0], block), step, init)
+    init = (jnp.full((n,), -jnp.inf, h.dtype), jnp.zeros((n,), h.dtype))
+    run_max, run_sum = lax.fori_loop(0, _n_blocks(W.shape[0], block), step, init)
+    z_label = jnp.sum(h * jnp.take(W, labels, axis=0, mode="clip"), axis=1)  # masked: unused
     return run_max + jnp.log(run_sum), z_label
 
 
