@@ -24,9 +24,10 @@ from fbp._validate import float_array, indices_in_range, integer_array, same_dty
 
 # Columns of the vocabulary per block.  The backward holds a (N, block) slab of logits and one
 # of δ at a time: 2 · 4,096 · 1,024 · 4 B = 32 MiB at N = 4,096 in float32 (XLA reuses one of
-# them: 26 MiB measured), against autodiff's ≥ 512 MiB
-# at V = 32,768; a (D × 1,024) operand is also wide enough that each block's matmuls run near
-# the speed of one big matmul (benchmarks/vocab.py measured 512 … 4,096).
+# them: 26 MiB measured), against autodiff's 1 GiB at V = 32,768.  Halving it halves that; a
+# paired run of blocks of 512, 1,024 and 2,048 on the loaded 2-core machine gave loss + grad
+# times within the noise of autodiff's (0.95, 1.13, 0.87), so 1,024 is the middle: under 1/20
+# of autodiff's temp with room, and a (1,024 × D) operand still wide for each block's matmuls.
 DEFAULT_BLOCK_SIZE = 1024
 _METHODS = ("chunked", "dense")
 
