@@ -18,6 +18,8 @@ Case groups, one module each:
                  dropout's residual (the key) against autodiff's mask.
 * ``recurrent`` — rnn and lstm training steps (hand-written BPTT) against ``jax.grad`` of a
                  plain scan: time and XLA temp bytes.
+* ``vocab``    — ``linear_cross_entropy`` against autodiff of optax on materialised logits:
+                 XLA temp bytes (a large case compiled only) and paired time.
 """
 
-GROUPS = ["steps", "xor", "memory", "numgrad", "conv", "recurrent"]
+GROUPS = ["steps", "xor", "memory", "numgrad", "conv", "recurrent", "vocab"]

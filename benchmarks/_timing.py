@@ -46,6 +46,17 @@ def compile_stats(jitted, *args, **kwargs) -> tuple[float, int]:
     return seconds, sum(op not in _NOT_KERNELS for op in ops)
 
 
+_DOT = re.compile(r"= (\S+) dot\([^)]*\)((?:, (?:lhs|rhs)_(?:batch|contracting)_dims=\{[^}]*\})+)")
+
+
+def dot_signatures(jitted, *args, **kwargs) -> list[str]:
+    """Every dot of the optimised program (inside fusions too) as ``result-shape{layout}
+    dimension-numbers``, sorted: two programs with equal lists run the same matmuls on
+    operands of the same orientation (no transposed copy hidden in one of them)."""
+    text = jitted.lower(*args, **kwargs).compile().as_text()
+    return sorted(m.group(1) + m.group(2) for m in _DOT.finditer(text))
+
+
 def quartiles(values) -> tuple[float, float, float]:
     """(25th percentile, median, 75th percentile)."""
     q1, q2, q3 = np.percentile(np.asarray(values, dtype=float), [25, 50, 75])

@@ -26,6 +26,7 @@ from benchmarks._timing import (
     auto_repeat,
     compile_seconds,
     compile_stats,
+    dot_signatures,
     fmt_time,
     paired,
     ratio_stats,
@@ -159,10 +160,11 @@ def run_case(sizes, m, spec, rounds, *, with_peak=False, warmup=2, lr=0.01):
     params, x, y = problem(sizes, m, **spec)
     optimizer = optax.sgd(lr)
     opt_state = optimizer.init(params)
-    fns, compile_s, kernels = {}, {}, {}
+    fns, compile_s, kernels, dots = {}, {}, {}, {}
     for kind in KINDS:
         step = make_step(kind, spec["activation"], spec["loss"], optimizer)
         compile_s[kind], kernels[kind] = compile_stats(step, params, opt_state, x, y)
+        dots[kind] = dot_signatures(step, params, opt_state, x, y)
         fns[kind] = stateful(step, params, opt_state, x, y)
     small = max(sizes) <= 16
     if small:  # the dispatch floor: a jitted step with the same arguments that does nothing
@@ -177,6 +179,7 @@ def run_case(sizes, m, spec, rounds, *, with_peak=False, warmup=2, lr=0.01):
     row = {
         "net": "-".join(map(str, sizes)), "batch": m, **spec, "rounds": rounds,
         "calls_per_timing": repeat, "flops": flops, "compile_s": compile_s, "kernels": kernels,
+        "dots": dots["fbp"], "same_dots_as_grad": dots["fbp"] == dots["jax.grad"],
         "median_s": {k: float(sorted(v)[len(v) // 2]) for k, v in times.items()},
         "times_s": times,
         "fbp_vs_grad": ratio_stats(times["fbp"], times["jax.grad"]),
@@ -271,6 +274,10 @@ def report(result: dict) -> str:
                "backprop / jax.grad", "fbp / jax.grad, fastest rounds", "fbp GFLOP/s",
                "compile s (fbp/bp/grad)", "XLA kernels (fbp/bp/grad)"], rows),
     ]
+    same = [f"{r['net']}/{r['batch']}: {'yes' if r['same_dots_as_grad'] else 'NO'}"
+            for r in result["rows"] if "same_dots_as_grad" in r]
+    lines += ["", "fbp's step compiles to the same dots as jax.grad's (result shapes, layouts, "
+              "dimension numbers; so no transposed operand copies): " + ", ".join(same) + "."]
     for r in result["rows"]:
         if "above_floor_s" in r:
             a = r["above_floor_s"]
@@ -306,6 +313,10 @@ def targets(result: dict) -> list[dict]:
             v = r[key]["ratio_median"]
             out.append({"target": f"{name} / jax.grad step ≤ {bound:.2f}, {r['net']} "
                                   f"batch {r['batch']}", "value": round(v, 3), "met": v <= bound})
+        if "same_dots_as_grad" in r:
+            out.append({"target": f"fbp step holds jax.grad's dots (shapes, layouts, dimension "
+                                  f"numbers), {r['net']} batch {r['batch']}",
+                        "value": f"{len(r['dots'])} dots", "met": r["same_dots_as_grad"]})
         if "peak_fraction" in r:
             v = r["peak_fraction"]["fbp"]["ratio_median"]
             out.append({"target": f"fbp step ≥ 85% of jnp.dot peak, {r['net']} batch "

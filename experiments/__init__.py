@@ -29,4 +29,5 @@ EXPERIMENTS = [
     "pieces",
     "digits",
     "bptt",
+    "memory",
 ]

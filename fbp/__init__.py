@@ -26,6 +26,14 @@ from fbp.ops.group_norm import GroupNormParams, group_norm, init_group_norm
 from fbp.ops.linear import Dense, dense, init_dense
 from fbp.ops.losses import bce, bce_with_logits, mse, softmax_cross_entropy
 from fbp.ops.lstm import LSTM, init_lstm, lstm
+from fbp.ops.attention import attention
+from fbp.ops.embedding import embedding
+from fbp.ops.flash_attention import flash_attention
+from fbp.ops.multi_head_attention import (
+    MultiHeadAttention,
+    init_multi_head_attention,
+    multi_head_attention,
+)
 from fbp.ops.norms import (
     BatchNormParams,
     BatchNormState,
@@ -38,6 +46,7 @@ from fbp.ops.norms import (
 )
 from fbp.ops.pooling import avg_pool2d, max_pool2d
 from fbp.ops.rnn import RNN, init_rnn, rnn
+from fbp.ops.vocab_loss import linear_cross_entropy
 from fbp.parallel import data_parallel, data_parallel_step, default_mesh, shard_batch
 from fbp.second_order import hessian, hvp
 from fbp.train import FitResult, accumulate_grads, backprop_grad_fn, fit
@@ -54,6 +63,7 @@ __all__ = [
     "GroupNormParams",
     "LSTM",
     "LayerNormParams",
+    "MultiHeadAttention",
     "NormDense",
     "RNN",
     "VJPCheckError",
@@ -61,6 +71,7 @@ __all__ = [
     "accumulate_grads",
     "autodiff",
     "avg_pool2d",
+    "attention",
     "backprop",
     "backprop_grad_fn",
     "batch_norm",
@@ -75,7 +86,9 @@ __all__ = [
     "default_mesh",
     "dense",
     "dropout",
+    "embedding",
     "fit",
+    "flash_attention",
     "forward",
     "gelu",
     "group_norm",
@@ -95,9 +108,12 @@ __all__ = [
     "leaky_relu",
     "max_pool2d",
     "lstm",
+    "init_multi_head_attention",
+    "linear_cross_entropy",
     "mlp",
     "mlp_loss",
     "mse",
+    "multi_head_attention",
     "numerical_grad",
     "numerical_vjp",
     "rel_error",

@@ -197,3 +197,32 @@ def labels_within(y, name: str, class_counts) -> None:
 def one_of(value, name: str, known) -> None:
     if value not in known:
         raise ValueError(f"{name} must be one of {sorted(known)}; got {value!r}.")
+
+
+def integer_array(x, name: str):
+    """``x`` as an integer JAX array (indices, labels), or a TypeError with the cast to use."""
+    if isinstance(x, (str, bytes)) or x is None:
+        raise TypeError(f"{name} must be an integer array; got {type(x).__name__}.")
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(
+            f"{name} must have an integer dtype (indices); got {x.dtype}. "
+            f"Cast it first, e.g. {name}.astype(jnp.int32)."
+        )
+    return x
+
+
+def indices_in_range(ids, name: str, n: int, *, where=None, unit: str = "rows") -> None:
+    """When concrete, every index lies in [0, n) (only where ``where`` is True, if given)."""
+    if not (is_concrete(ids) and ids.size) or (where is not None and not is_concrete(where)):
+        return
+    values = np.asarray(ids)  # NumPy: no tracing even inside a jit trace
+    if where is not None:
+        values = values[np.asarray(where)]
+        if not values.size:
+            return
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi >= n:
+        raise ValueError(
+            f"{name} must lie in [0, {n}) for {n} {unit}; got values in [{lo}, {hi}]."
+        )

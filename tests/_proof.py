@@ -124,3 +124,12 @@ def residual_bytes(fn, args, argnums) -> int:
     f, primals = restrict(fn, args, argnums)
     _, pullback = jax.vjp(f, *primals)
     return sum(l.nbytes for l in jax.tree.leaves(pullback) if hasattr(l, "nbytes"))
+
+
+def assert_proven(op, args, *, tight=1e-12, fd=1e-8, seed=3):
+    """The Jacobian, finite-difference, jit, vmap and own-rule checks of one op at ``args``."""
+    assert jacobian_vs_jacrev(op, args) <= tight
+    assert vjp_vs_finite_differences(op, args, jax.random.PRNGKey(seed)) <= fd
+    assert jit_vs_eager(op, args, jax.random.PRNGKey(seed + 1)) <= 1e-14
+    assert vmap_vs_loop(op, args, jax.random.PRNGKey(seed + 2)) <= 1e-14
+    assert uses_custom_rule(op, args)

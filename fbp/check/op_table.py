@@ -154,6 +154,8 @@ EXTENSIONS: list[str] = [
     "fbp.check.op_cases_losses",
     "fbp.check.op_cases_conv",
     "fbp.check.op_cases_recurrent",
+    "fbp.check.op_cases_attention",
+    "fbp.check.op_cases_vocab",
 ]
 
 
