@@ -17,6 +17,7 @@ Every op is a public function that validates its inputs and calls a private
 from fbp import activations, forward, linear, losses, norms  # noqa: F401  (old module paths)
 from fbp.check import VJPCheckError, VJPReport, check_vjp
 from fbp.nets.mlp import Backprop, NormDense, backprop, init_mlp, mlp, mlp_loss
+from fbp.nets.transformer import GPT, gpt, gpt_loss, init_gpt
 from fbp.numerical import numerical_grad, numerical_vjp, rel_error
 from fbp.ops.activations import gelu, leaky_relu, relu, sigmoid, softmax, tanh
 from fbp.ops.attention import attention
@@ -50,6 +51,7 @@ __all__ = [
     "BatchNormState",
     "Dense",
     "FitResult",
+    "GPT",
     "LayerNormParams",
     "MultiHeadAttention",
     "NormDense",
@@ -72,10 +74,13 @@ __all__ = [
     "flash_attention",
     "forward",
     "gelu",
+    "gpt",
+    "gpt_loss",
     "hessian",
     "hvp",
     "init_batch_norm",
     "init_dense",
+    "init_gpt",
     "init_layer_norm",
     "init_mlp",
     "init_multi_head_attention",
