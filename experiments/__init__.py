@@ -26,4 +26,5 @@ EXPERIMENTS = [
     "modes",
     "distributed",
     "curvature",
+    "transformer",
 ]

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from fbp._validate import integer_array
-from fbp.ops.activations import gelu
+from fbp.ops.activations import gelu, softmax
 from fbp.ops.embedding import embedding
 from fbp.ops.linear import Dense, dense, init_dense
 from fbp.ops.multi_head_attention import (
@@ -29,6 +29,7 @@ from fbp.ops.multi_head_attention import (
     _check_heads,
     init_multi_head_attention,
     multi_head_attention,
+    split_heads,
 )
 from fbp.ops.norms import LayerNormParams, init_layer_norm, layer_norm, residual
 from fbp.ops.vocab_loss import linear_cross_entropy
@@ -113,6 +114,24 @@ def gpt(params: GPT, ids, *, n_heads: int, flash: bool = True, block_size: int =
     for block in blocks:
         x = mlp_block(block, attend_block(block, x))
     return layer_norm(ln_f, x)
+
+
+def gpt_attention_maps(params: GPT, ids, *, n_heads: int):
+    """The attention probabilities P of every head of every block, ``(n_layers, ..., n_heads,
+    T, T)``: for looking at what a trained model attends to (no gradient is meant to flow)."""
+    tok, pos, blocks, _ = params
+    T = ids.shape[-1]
+    x = embedding(tok, ids)
+    x = x + jnp.broadcast_to(embedding(pos, jnp.arange(T)), x.shape)
+    maps = []
+    for block in blocks:
+        a = layer_norm(block.ln1, x)
+        q, k, _ = (split_heads(z, n_heads) for z in jnp.split(dense(block.attn.qkv, a), 3, -1))
+        s = jnp.einsum("...td,...sd->...ts", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+        maps.append(softmax(jnp.where(jnp.tril(jnp.ones((T, T), bool)), s, -jnp.inf)))
+        x = x + multi_head_attention(block.attn, a, n_heads=n_heads, causal=True, flash=False)
+        x = x + dense(block.proj, gelu(dense(block.fc, layer_norm(block.ln2, x))))
+    return jnp.stack(maps)
 
 
 def gpt_loss(params: GPT, ids, targets, *, n_heads: int, flash: bool = True,
