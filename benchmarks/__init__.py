@@ -14,8 +14,11 @@ Case groups, one module each:
                  NumPy version of the tutorial's class, and 1,000 networks at once with vmap.
 * ``memory``   — bytes saved for the backward, per op and per step, fbp against autodiff.
 * ``numgrad``  — the cost of central-difference gradients against backprop.
+* ``attention`` — flash_attention's temp bytes and time against autodiff of the naive form
+                 (and jax.checkpoint), its temp against T with the log-log slope, and a GPT
+                 training step against jax.grad of a plain-jnp GPT.
 * ``vocab``    — ``linear_cross_entropy`` against autodiff of optax on materialised logits:
                  XLA temp bytes (a large case compiled only) and paired time.
 """
 
-GROUPS = ["steps", "xor", "memory", "numgrad", "vocab"]
+GROUPS = ["steps", "xor", "memory", "numgrad", "attention", "vocab"]
