@@ -43,7 +43,7 @@ experiments: $(STAMP)
 
 # one experiment alone: `make xor` runs `python -m experiments.xor` (add QUICK=--quick)
 EXPERIMENT_TARGETS := xor activations stability gradcheck cost vanishing accumulation graph modes \
-                      distributed curvature pieces digits bptt memory
+                      distributed curvature pieces digits bptt memory transformer
 .PHONY: $(EXPERIMENT_TARGETS)
 $(EXPERIMENT_TARGETS): $(STAMP)
 	$(BIN)/python -m experiments.$@ $(QUICK)

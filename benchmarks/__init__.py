@@ -18,8 +18,11 @@ Case groups, one module each:
                  dropout's residual (the key) against autodiff's mask.
 * ``recurrent`` — rnn and lstm training steps (hand-written BPTT) against ``jax.grad`` of a
                  plain scan: time and XLA temp bytes.
+* ``attention`` — flash_attention's temp bytes and time against autodiff of the naive form
+                 (and jax.checkpoint), its temp against T with the log-log slope, and a GPT
+                 training step against jax.grad of a plain-jnp GPT.
 * ``vocab``    — ``linear_cross_entropy`` against autodiff of optax on materialised logits:
                  XLA temp bytes (a large case compiled only) and paired time.
 """
 
-GROUPS = ["steps", "xor", "memory", "numgrad", "conv", "recurrent", "vocab"]
+GROUPS = ["steps", "xor", "memory", "numgrad", "conv", "recurrent", "vocab", "attention"]

@@ -30,4 +30,5 @@ EXPERIMENTS = [
     "digits",
     "bptt",
     "memory",
+    "transformer",
 ]

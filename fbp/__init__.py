@@ -18,6 +18,7 @@ from fbp import activations, autodiff, forward, linear, losses, norms  # noqa: F
 from fbp.check import VJPCheckError, VJPReport, check_vjp
 from fbp.nets.cnn import CNN, cnn, cnn_loss, init_cnn
 from fbp.nets.mlp import Backprop, NormDense, backprop, init_mlp, mlp, mlp_loss
+from fbp.nets.transformer import GPT, gpt, gpt_loss, init_gpt
 from fbp.numerical import numerical_grad, numerical_vjp, rel_error
 from fbp.ops.activations import gelu, leaky_relu, relu, sigmoid, softmax, tanh
 from fbp.ops.conv import Conv, conv2d, im2col, init_conv
@@ -62,6 +63,7 @@ __all__ = [
     "FitResult",
     "GroupNormParams",
     "LSTM",
+    "GPT",
     "LayerNormParams",
     "MultiHeadAttention",
     "NormDense",
@@ -92,6 +94,8 @@ __all__ = [
     "forward",
     "gelu",
     "group_norm",
+    "gpt",
+    "gpt_loss",
     "hessian",
     "hvp",
     "im2col",
@@ -100,6 +104,7 @@ __all__ = [
     "init_conv",
     "init_dense",
     "init_group_norm",
+    "init_gpt",
     "init_layer_norm",
     "init_lstm",
     "init_mlp",
