@@ -72,6 +72,13 @@ def _lstm_params(r, d, n_in=N_IN, n=N_HIDDEN):
                          _normal(r, (4 * n, n), d) / n**0.5, 0.3 * _normal(r, (4 * n,), d))
 
 
+def _flat(out):
+    """``(hs, (h, c))`` as one array (…, T + 2, n): every output's cotangent enters the rule,
+    and the table's tools that expect one output array (``fbp.transposed``'s test) apply."""
+    hs, (h, c) = out
+    return jnp.concatenate([hs, h[..., None, :], c[..., None, :]], axis=-2)
+
+
 def cases() -> list:
     """``rnn`` (h0 = 0) and ``lstm`` with a given state0.  Truncated BPTT is not here: its
     gradient is on purpose not the function's derivative, so finite differences cannot agree;
@@ -80,8 +87,8 @@ def cases() -> list:
     return [
         OpCase("rnn", rnn_ops.rnn, lambda r, d: (_rnn_params(r, d), _normal(r, xs, d)),
                reference_rnn),
-        OpCase("lstm(state0)", lambda p, x, h0, c0: lstm_ops.lstm(p, x, (h0, c0)),
+        OpCase("lstm(state0)", lambda p, x, h0, c0: _flat(lstm_ops.lstm(p, x, (h0, c0))),
                lambda r, d: (_lstm_params(r, d), _normal(r, xs, d),
                              _normal(r, (M, N_HIDDEN), d), _normal(r, (M, N_HIDDEN), d)),
-               lambda p, x, h0, c0: reference_lstm(p, x, (h0, c0))),
+               lambda p, x, h0, c0: _flat(reference_lstm(p, x, (h0, c0)))),
     ]
