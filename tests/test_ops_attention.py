@@ -1,5 +1,6 @@
-"""attention and flash_attention against a plain-jnp reference, jacrev, finite differences,
-jit and vmap, and flash_attention against the textbook rule.
+"""attention and flash_attention against a plain-jnp reference, jacrev and finite differences,
+and flash_attention against the textbook rule (jit, vmap and reverse-over-reverse: the op
+table, tests/test_check_op_table.py).
 
 The reference is built from ``jnp.einsum``, ``jnp.where`` and ``jax.nn.softmax`` only, so
 ``jax.vjp`` of it is JAX's own autodiff through the (T, S) probabilities: what both rules must
@@ -54,10 +55,8 @@ OPS = [
     _op("attention(causal)", attention, 6, 6, True),
     _op("attention(T≠S, scale=0.7)", attention, 5, 7, False, scale=0.7),
     _op("flash(causal, block 4, T=7)", flash_attention, 7, 7, True, block_size=4),
-    _op("flash(T=5≠S=7, block 3)", flash_attention, 5, 7, False, block_size=3),
-    _op("flash(T=9≠S=2, block 4, scale=2)", flash_attention, 9, 2, False, scale=2.0,
-        block_size=4),
-    _op("flash(causal, one block)", flash_attention, 5, 5, True),
+    _op("flash(T=5≠S=7, block 3, scale=2)", flash_attention, 5, 7, False, scale=2.0,
+        block_size=3),
 ]
 
 
@@ -85,14 +84,6 @@ def test_public_function_runs_its_own_rule(op):
     assert _proof.uses_custom_rule(op, op.make(jax.random.PRNGKey(2), (2,)))
 
 
-@pytest.mark.parametrize("op", [OPS[0], OPS[2]], ids=repr)
-def test_jit_and_vmap(op):
-    """Eager equals jit, and per-example VJPs under vmap equal a loop over the examples."""
-    args = op.make(jax.random.PRNGKey(2), (2,))
-    assert _proof.jit_vs_eager(op, args, jax.random.PRNGKey(3)) <= 1e-14
-    assert _proof.vmap_vs_loop(op, args, jax.random.PRNGKey(4)) <= 1e-14
-
-
 @pytest.mark.parametrize("T, S, causal, block", [(13, 13, True, 4), (6, 11, False, 4)])
 def test_flash_equals_the_textbook_rule(T, S, causal, block):
     """Same function, same gradients: flash (blocks, online softmax, P rebuilt from L) and
@@ -110,13 +101,13 @@ def test_flash_equals_the_textbook_rule(T, S, causal, block):
 
 
 def test_flash_saves_only_the_output_and_one_number_per_query():
-    q, k, v = _qkv(64, 64)(jax.random.PRNGKey(0), (2,))
-    f = lambda q, k, v: flash_attention(q, k, v, causal=True, block_size=16)
+    q, k, v = _qkv(16, 16)(jax.random.PRNGKey(0), (2,))
+    f = lambda q, k, v: flash_attention(q, k, v, causal=True, block_size=4)
     t = lambda q, k, v: attention(q, k, v, causal=True)
     held = lambda fn: _proof.residual_bytes(fn, (q, k, v), (0, 1, 2))
-    o_bytes, lse_bytes = 2 * 64 * 3 * 8, 2 * 64 * 8
+    o_bytes, lse_bytes = 2 * 16 * 3 * 8, 2 * 16 * 8
     assert held(f) == q.nbytes + k.nbytes + v.nbytes + o_bytes + lse_bytes
-    assert held(t) == q.nbytes + k.nbytes + v.nbytes + 2 * 64 * 64 * 8   # P: (2, 64, 64)
+    assert held(t) == q.nbytes + k.nbytes + v.nbytes + 2 * 16 * 16 * 8   # P: (2, 16, 16)
 
 
 def test_causal_flash_skips_blocks_above_the_diagonal():

@@ -77,6 +77,12 @@ def init_gpt(key, vocab: int, d_model: int, n_heads: int, n_layers: int, max_len
                tuple(blocks), init_layer_norm(d_model, dtype))
 
 
+def _embed(tok, pos, ids):
+    """x⁰ = tok[ids] + pos[0..T): token and position embeddings, (..., T, D)."""
+    x = embedding(tok, ids)
+    return x + jnp.broadcast_to(embedding(pos, jnp.arange(ids.shape[-1])), x.shape)
+
+
 def gpt(params: GPT, ids, *, n_heads: int, flash: bool = True, block_size: int = 256):
     r"""The final hidden states of the GPT for integer token ``ids`` of shape ``(..., T)``.
 
@@ -100,8 +106,7 @@ def gpt(params: GPT, ids, *, n_heads: int, flash: bool = True, block_size: int =
     if ids.ndim < 1 or ids.shape[-1] > pos.shape[0]:
         raise ValueError(f"ids must have shape (..., T) with 1 ≤ T ≤ max_len = {pos.shape[0]} "
                          f"(the rows of the position table); got ids of shape {ids.shape}.")
-    x = embedding(tok, ids)                                    # (..., T, D)
-    x = x + jnp.broadcast_to(embedding(pos, jnp.arange(ids.shape[-1])), x.shape)
+    x = _embed(tok, pos, ids)
 
     def attend(p, x):
         return multi_head_attention(p.attn, layer_norm(p.ln1, x), n_heads=n_heads,
@@ -121,8 +126,7 @@ def gpt_attention_maps(params: GPT, ids, *, n_heads: int):
     T, T)``: for looking at what a trained model attends to (no gradient is meant to flow)."""
     tok, pos, blocks, _ = params
     T = ids.shape[-1]
-    x = embedding(tok, ids)
-    x = x + jnp.broadcast_to(embedding(pos, jnp.arange(T)), x.shape)
+    x = _embed(tok, pos, ids)
     maps = []
     for block in blocks:
         a = layer_norm(block.ln1, x)
