@@ -21,15 +21,15 @@ from fbp.nets.mlp import Backprop, NormDense, backprop, init_mlp, mlp, mlp_loss
 from fbp.nets.transformer import GPT, gpt, gpt_loss, init_gpt
 from fbp.numerical import numerical_grad, numerical_vjp, rel_error
 from fbp.ops.activations import gelu, leaky_relu, relu, sigmoid, softmax, tanh
+from fbp.ops.attention import attention
 from fbp.ops.conv import Conv, conv2d, im2col, init_conv
 from fbp.ops.dropout import dropout
+from fbp.ops.embedding import embedding
+from fbp.ops.flash_attention import flash_attention
 from fbp.ops.group_norm import GroupNormParams, group_norm, init_group_norm
 from fbp.ops.linear import Dense, dense, init_dense
 from fbp.ops.losses import bce, bce_with_logits, mse, softmax_cross_entropy
 from fbp.ops.lstm import LSTM, init_lstm, lstm
-from fbp.ops.attention import attention
-from fbp.ops.embedding import embedding
-from fbp.ops.flash_attention import flash_attention
 from fbp.ops.multi_head_attention import (
     MultiHeadAttention,
     init_multi_head_attention,
