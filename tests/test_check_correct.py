@@ -259,3 +259,29 @@ def test_an_exception_inside_a_check_is_a_row():
     rep = fbp.check_vjp(saving_inputs(jnp.sin, boom), X34)
     assert not rep.ok and any("ValueError: boom in bwd" in h for r in rep.failures
                               for h in r.hints), str(rep)
+
+
+def test_a_wrapped_rule_that_closes_over_a_constant_passes_structure():
+    """A rule whose forward uses a NumPy constant (avg_pool2d's valid-element counts) is
+    called through a wrapper: JAX hoists the constant into the rule's operands, and the
+    structure check must not differentiate it (it did: a CustomVJPException, a false FAIL).
+    A wrong cotangent shape through the same wrapper is still named."""
+    counts = np.arange(1.0, 4.0)
+
+    @jax.custom_vjp
+    def scaled(x):
+        return x / counts
+
+    scaled.defvjp(lambda x: (scaled(x), None), lambda _, g: (g / counts,))
+
+    @jax.custom_vjp
+    def wrong(x):
+        return x / counts
+
+    wrong.defvjp(lambda x: (wrong(x), None), lambda _, g: (g[:2] / counts[:2],))
+
+    x = jnp.asarray([0.5, -1.0, 2.0])
+    good = fbp.check_vjp(lambda u: scaled(u) * 2.0, x)
+    assert good.ok, str(good)
+    bad = fbp.check_vjp(lambda u: wrong(u) * 2.0, x, checks=("structure",))
+    assert not bad.ok

@@ -96,8 +96,11 @@ def _inner_rows(g, dyn) -> list:
         label = f"{rule_name(eqn)}: (all)"
         avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in eqn.invars]
 
-        def one(*xs, eqn=eqn):
-            outs, vjp = jax.vjp(lambda *xs: bind_eqn(eqn, *xs), *xs)
+        n_consts = eqn.params.get("num_consts", 0)   # constants the rule closes over
+
+        def one(*xs, eqn=eqn, n_consts=n_consts):
+            consts = xs[:n_consts]
+            outs, vjp = jax.vjp(lambda *r: bind_eqn(eqn, *consts, *r), *xs[n_consts:])
             return vjp([_zero_cotangent(o) for o in outs])
         try:
             jax.eval_shape(one, *avals)
