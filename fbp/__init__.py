@@ -14,7 +14,12 @@ Every op is a public function that validates its inputs and calls a private
 ``jax.custom_vjp`` whose backward is the hand-derived formula in its docstring.
 """
 
-from fbp import activations, autodiff, forward, linear, losses, norms  # noqa: F401  (old module paths)
+# Modules first: the old module paths (aliases of fbp.ops.* and fbp.nets.mlp), and the modules
+# whose names the face then rebinds to a function (mlp, transposed).  Imported here, before
+# the functions, so a later ``import fbp.mlp`` finds them loaded and does not rebind fbp.mlp.
+from fbp import activations, autodiff, forward, linear, losses, norms  # noqa: F401
+from fbp import mlp as _mlp_module  # noqa: F401
+from fbp import transposed as _transposed_module  # noqa: F401
 from fbp.check import VJPCheckError, VJPReport, check_vjp
 from fbp.nets.cnn import CNN, cnn, cnn_loss, init_cnn
 from fbp.nets.mlp import Backprop, NormDense, backprop, init_mlp, mlp, mlp_loss

@@ -97,7 +97,7 @@ def _gpt_cases():
     params = tr.init_gpt(KEY, 11, 8, 2, 2, 6)
     ids = jax.random.randint(KEY, (2, 6), 0, 11)
     targets = jnp.roll(ids, -1, axis=1)
-    return [("gpt", lambda p, ids: tr.gpt_loss(p, ids, targets), params, ids)]
+    return [("gpt", lambda p, ids: tr.gpt_loss(p, ids, targets, n_heads=2), params, ids)]
 
 
 NETWORKS = _mlp_cases() + _cnn_cases() + _gpt_cases()

@@ -62,6 +62,14 @@ def test_old_module_paths_import(old, new):
         assert getattr(fbp, old.split(".")[1]) is module
 
 
+def test_importing_a_module_path_does_not_rebind_a_function_of_the_face():
+    """``import fbp.mlp`` (the old module path) must leave ``fbp.mlp`` the function."""
+    importlib.import_module("fbp.mlp")
+    importlib.import_module("fbp.transposed")
+    assert callable(fbp.mlp) and fbp.mlp.__module__ == "fbp.nets.mlp"
+    assert callable(fbp.transposed) and not isinstance(fbp.transposed, type(fbp))
+
+
 def test_from_old_path_import_private_helpers():
     from fbp.activations import DERIVATIVES, sigmoid_grad
     from fbp.losses import DELTAS
