@@ -20,7 +20,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 settings.register_profile(
     "fbp",
-    max_examples=int(os.environ.get("FBP_HYPOTHESIS_EXAMPLES", "15")),
+    max_examples=int(os.environ.get("FBP_HYPOTHESIS_EXAMPLES", "10")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -167,16 +167,18 @@ def op_cases() -> list:
 
 # ── python -m fbp.check ──
 
+def check_case(case: OpCase, n: int, dtype="float64", seed: int = 0, **kwargs):
+    """``(case name, VJPReport, seconds)`` for the n-th case of the table."""
+    args = case.make_args(np.random.default_rng(seed + n), jnp.dtype(dtype))
+    start = time.perf_counter()
+    report = check_vjp(case.fn, *args, reference=case.reference, name=case.name,
+                       seed=seed + n, **{**case.kwargs, **kwargs})
+    return case.name, report, time.perf_counter() - start
+
+
 def check_all_ops(dtype="float64", seed: int = 0, **kwargs) -> list:
     """``(case name, VJPReport, seconds)`` for every op in the table."""
-    results = []
-    for n, case in enumerate(op_cases()):
-        args = case.make_args(np.random.default_rng(seed + n), jnp.dtype(dtype))
-        start = time.perf_counter()
-        report = check_vjp(case.fn, *args, reference=case.reference, name=case.name,
-                           seed=seed + n, **{**case.kwargs, **kwargs})
-        results.append((case.name, report, time.perf_counter() - start))
-    return results
+    return [check_case(case, n, dtype, seed, **kwargs) for n, case in enumerate(op_cases())]
 
 
 def summary_table(results) -> str:
