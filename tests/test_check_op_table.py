@@ -47,3 +47,22 @@ def test_every_fbp_op_passes_check_vjp(dtype, checks, n, case):
         expected -= {"structure"}                        # forward twins: custom_jvp
     assert expected <= checked, name                     # nothing silently skipped
     print("\n" + op_table.summary_table([(name, report, seconds)]))
+
+
+def test_check_all_ops_in_threads_keeps_the_table_order_and_catches_a_wrong_rule(monkeypatch):
+    """``python -m fbp.check`` runs the cases in threads: the rows come back in the table's
+    order, the same verdicts as one thread, and a wrong rule among them still fails."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.custom_vjp
+    def bad_tanh(z):
+        return jnp.tanh(z)
+    bad_tanh.defvjp(lambda z: (jnp.tanh(z), z), lambda z, g: (g * (1 - z ** 2),))  # not tanh(z)²
+    cases = [c for _, c in CASES if c.name in ("tanh", "dense", "mse")]
+    cases.insert(1, op_table.OpCase("bad_tanh", bad_tanh, cases[0].make_args, jnp.tanh))
+    monkeypatch.setattr(op_table, "op_cases", lambda: cases)
+    one = op_table.check_all_ops(workers=1)
+    two = op_table.check_all_ops(workers=2)
+    assert [r[0] for r in two] == [c.name for c in cases] == [r[0] for r in one]
+    assert [r[1].ok for r in two] == [True, False, True, True] == [r[1].ok for r in one]

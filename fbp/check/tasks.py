@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from fbp.check.args import _dtype
 from fbp.check.report import Row, _short
 from fbp.numerical import _jit_call
 
@@ -80,8 +82,11 @@ def ref_skip(check: str, state: dict) -> Row:
 
 
 def scale(tree, k):
-    return jax.tree_util.tree_map(lambda x: k * x, tree)
+    """k · tree on the host (NumPy): nothing compiled for a constant of the checks."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(k * np.asarray(x), _dtype(x)), tree)
 
 
 def stack(trees):
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+    """The trees stacked leaf by leaf on a new axis 0, on the host."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.asarray(np.stack([np.asarray(x) for x in xs])),
+                                  *trees)

@@ -45,11 +45,12 @@ def jit_task(g, dyn, u, eager, labels, tol) -> Task:
 def _draws(rng, dyn, n: int):
     """Draw 0 is the point itself; the others scale each element by 1 ± 5 % (signs and
     domains such as (0, 1) or x > 0 survive)."""
-    def jitter(x):
+    def jitter(x):                # on the host: no primitive of jnp compiled for a draw
         k = rng.uniform(-0.05, 0.05, np.shape(x))
-        return (x * jnp.asarray(1 + k, _dtype(x))).astype(_dtype(x))
+        return (np.asarray(x) * (1 + k)).astype(_dtype(x))
     draws = [dyn] + [jax.tree_util.tree_map(jitter, dyn) for _ in range(n - 1)]
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *draws)
+    return jax.tree_util.tree_map(
+        lambda x0, *xs: jnp.asarray(np.stack([np.asarray(x0), *xs])), *draws)
 
 
 def vmap_task(g, dyn, out, labels, tol, rng, n_draws: int) -> Task:
@@ -175,7 +176,8 @@ def rev_over_rev_task(g, dyn, u, labels, tol, eps, rng, kinks: dict) -> Task:
     def both(d, u, ws):
         h = h_of(u, ws)
         got = try_ref(task.state, lambda: jax.grad(h, argnums=tuple(range(len(d))))(*d))
-        exp = fd_vjp(h, tuple(d), jnp.ones((), jnp.result_type(h(*d))), eps)
+        real = jnp.result_type(*[jnp.real(w).dtype for w in ws])   # h's dtype, untraced
+        exp = fd_vjp(h, tuple(d), jnp.ones((), real), eps)
         return exp, got
 
     def post(res):
