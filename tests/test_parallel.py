@@ -22,6 +22,10 @@ from jax.sharding import Mesh
 import fbp
 from fbp.parallel import data_parallel, data_parallel_step
 
+# One xdist worker runs this module (make test: --dist loadgroup), so the module's
+# fixture starts its three device-count subprocesses once, not once per worker.
+pytestmark = pytest.mark.xdist_group("parallel")
+
 WORKER = r'''
 import json, sys
 import jax, jax.numpy as jnp, numpy as np, optax
