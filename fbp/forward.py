@@ -38,6 +38,7 @@ from fbp.nets.mlp import _check_params, _resolve
 from fbp.ops import activations as _act
 from fbp.ops import linear as _lin
 from fbp.ops import losses as _loss
+from fbp.ops._scale import _acc, _per
 from fbp.ops.activations import (
     gelu_grad,
     gelu_tanh_grad,
@@ -250,12 +251,18 @@ def dense(params, x):
 
 # ── losses: L̇ = ⟨∂L/∂z, ż⟩ + ⟨∂L/∂y, ẏ⟩, with ∂L/∂z from the shared *_delta helpers ──
 
+def _mean_of_sum(x, n):
+    """Σx / n, summed and divided in float32 or wider (a float16 n ≥ 65,520 is inf, and
+    Σx / n with a Python int n would make the term exactly 0), returned in x's dtype."""
+    return _per(jnp.sum(x, dtype=_acc(x.dtype)), n).astype(x.dtype)
+
+
 _bce_with_logits = jax.custom_jvp(_loss._bce_with_logits.__wrapped__)
 
 
 def _bce_with_logits_jvp(primals, tangents):
     (z, y), (z_dot, y_dot) = primals, tangents
-    loss_dot = jnp.sum(bce_with_logits_delta(z, y) * z_dot) - jnp.sum(z * y_dot) / _count(z)
+    loss_dot = jnp.sum(bce_with_logits_delta(z, y) * z_dot) - _mean_of_sum(z * y_dot, _count(z))
     return _bce_with_logits(z, y), loss_dot
 
 
@@ -319,7 +326,7 @@ def _sce_soft_jvp(primals, tangents):
     (z, t), (z_dot, t_dot) = primals, tangents
     logp = jax.nn.log_softmax(z, axis=-1)
     loss_dot = (jnp.sum(softmax_cross_entropy_delta(z, t) * z_dot)
-                - jnp.sum(logp * t_dot) / _batch_count(z))
+                - _mean_of_sum(logp * t_dot, _batch_count(z)))
     return _sce_soft(z, t), loss_dot
 
 

@@ -271,3 +271,18 @@ def test_check_vjp_catches_a_wrong_jvp_rule():
                        checks=("autodiff", "jacobian", "finite-diff"))
     assert not report.ok
     assert {row.check for row in report.failures} == {"autodiff", "jacobian", "finite-diff"}
+
+
+def test_float16_label_tangents_of_a_large_batch_are_not_lost():
+    """The labels' term of the loss JVPs, Σ z ẏ / N and Σ log ŷ ṫ / N, is summed and divided
+    in float32: in float16, N = 70,000 is inf (Σ / N was exactly 0) and Σ over 70,000 rows
+    overflows.  Exact values: −mean(z) = −0.5, and −(log ŷ₀ − log ŷ₁) = −1 for logits (1, 0)."""
+    n = 70_000
+    z, y = jnp.full((n, 1), 0.5, jnp.float16), jnp.full((n, 1), 0.5, jnp.float16)
+    _, dot = jax.jvp(forward.bce_with_logits, (z, y), (jnp.zeros_like(z), jnp.ones_like(y)))
+    assert dot.dtype == jnp.float16 and float(dot) == -0.5
+    logits = jnp.zeros((n, 2), jnp.float16).at[:, 0].set(1.0)
+    t = jnp.full((n, 2), 0.5, jnp.float16)
+    t_dot = jnp.stack([jnp.ones(n), -jnp.ones(n)], axis=1).astype(jnp.float16)
+    _, dot = jax.jvp(forward.softmax_cross_entropy, (logits, t), (jnp.zeros_like(logits), t_dot))
+    assert dot.dtype == jnp.float16 and abs(float(dot) + 1.0) <= 1e-3
