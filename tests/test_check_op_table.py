@@ -8,6 +8,8 @@ reverse-over-reverse) compare the rule with itself and run in float64.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 import fbp.check.op_table as op_table
@@ -52,9 +54,6 @@ def test_every_fbp_op_passes_check_vjp(dtype, checks, n, case):
 def test_check_all_ops_in_threads_keeps_the_table_order_and_catches_a_wrong_rule(monkeypatch):
     """``python -m fbp.check`` runs the cases in threads: the rows come back in the table's
     order, the same verdicts as one thread, and a wrong rule among them still fails."""
-    import jax
-    import jax.numpy as jnp
-
     @jax.custom_vjp
     def bad_tanh(z):
         return jnp.tanh(z)

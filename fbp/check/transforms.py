@@ -48,9 +48,7 @@ def _draws(rng, dyn, n: int):
     def jitter(x):                # on the host: no primitive of jnp compiled for a draw
         k = rng.uniform(-0.05, 0.05, np.shape(x))
         return (np.asarray(x) * (1 + k)).astype(_dtype(x))
-    draws = [dyn] + [jax.tree_util.tree_map(jitter, dyn) for _ in range(n - 1)]
-    return jax.tree_util.tree_map(
-        lambda x0, *xs: jnp.asarray(np.stack([np.asarray(x0), *xs])), *draws)
+    return stack([dyn] + [jax.tree_util.tree_map(jitter, dyn) for _ in range(n - 1)])
 
 
 def vmap_task(g, dyn, out, labels, tol, rng, n_draws: int) -> Task:
