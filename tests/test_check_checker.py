@@ -10,7 +10,7 @@ import pytest
 import fbp
 import fbp.check.op_table as op_table
 import fbp.testing
-from fbp.check import ALL_CHECKS
+from fbp.check import ALL_CHECKS, tasks
 from fbp.check.diagnose import diagnose, shape_hint
 
 # ── a small rule to exercise the report: y = x ⊙ w, w broadcast over the batch ──
@@ -192,3 +192,75 @@ def test_cli_prints_the_table_and_exits_1_on_a_failure(monkeypatch, capsys):
     assert op_table.main([]) == 1
     out = capsys.readouterr().out
     assert "1 of 2 ops pass" in out and "sign flipped" in out
+
+
+# ── autodiff and the Jacobian's rows share one vmap of each VJP ──
+
+def _batch_task(check, cts, g, ref_g, seen, post=None):
+    def fn(d, cts):
+        return tasks.cotangent_batch(g, ref_g, {}, d, cts)
+
+    def keep(res):
+        seen[check] = res
+        return [tasks.Row(check, "x", "ok")]
+    return tasks.Task(check, fn, (POINT, cts), post or keep, vjps=(g, ref_g, None))
+
+
+X = np.linspace(-1.0, 1.0, 3)
+POINT = (X,)          # the differentiated arguments: one object, shared by the checks
+
+
+def test_tasks_on_one_rule_and_point_run_as_one_and_get_their_own_cotangents_back():
+    """Two cotangent stacks (2 and 3 cotangents) through one merged task: each check gets the
+    VJPs of its own cotangents, equal to the rule's VJP of each one (g ⊙ cos x)."""
+    g = ref_g = make_sin()
+    a, b = np.arange(6.0).reshape(2, 3), np.eye(3)
+    seen = {}
+    parts = [_batch_task("autodiff", a, g, ref_g, seen),
+             _batch_task("jacobian", b, g, ref_g, seen)]
+    merged = tasks.merge_vjps(parts)
+    assert len(merged) == 1 and merged[0].parts == parts
+    rows = tasks.run(merged)
+    assert [(r.check, r.status) for r in rows] == [("autodiff", "ok"), ("jacobian", "ok")]
+    for name, cts in (("autodiff", a), ("jacobian", b)):
+        ref, rule = seen[name]
+        np.testing.assert_allclose(rule[0], cts * np.cos(X), rtol=1e-15)
+        np.testing.assert_allclose(ref[0], cts * np.cos(X), rtol=1e-15)
+
+
+def test_a_merged_task_that_cannot_run_gives_each_check_its_own_row():
+    """A rule that raises under the merged task: both checks say so in rows of their own; a
+    check whose post fails says so without taking the other's rows away."""
+    def bad(x):
+        raise TypeError("the rule refuses")
+    seen = {}
+    parts = [_batch_task("autodiff", np.ones((2, 3)), bad, bad, seen),
+             _batch_task("jacobian", np.eye(3), bad, bad, seen)]
+    rows = tasks.run(tasks.merge_vjps(parts))
+    assert [(r.check, r.status) for r in rows] == [("autodiff", "FAIL"), ("jacobian", "FAIL")]
+    assert all("the rule refuses" in r.hints[0] for r in rows)
+
+    def broken(res):
+        raise ValueError("post failed")
+    g = make_sin()
+    parts = [_batch_task("autodiff", np.ones((2, 3)), g, g, seen, post=broken),
+             _batch_task("jacobian", np.eye(3), g, g, seen)]
+    rows = tasks.run(tasks.merge_vjps(parts))
+    assert [(r.check, r.status) for r in rows] == [("autodiff", "FAIL"), ("jacobian", "ok")]
+
+
+def test_tasks_at_different_points_are_not_merged():
+    g = make_sin()
+    seen = {}
+    one = _batch_task("autodiff", np.ones((2, 3)), g, g, seen)
+    other = _batch_task("jacobian", np.eye(3), g, g, seen)
+    other.inputs = ((X + 1,), other.inputs[1])
+    assert tasks.merge_vjps([one, other]) == [one, other]
+
+
+def make_sin():
+    @jax.custom_vjp
+    def sin(x):
+        return jnp.sin(x)
+    sin.defvjp(lambda x: (jnp.sin(x), x), lambda x, g: (g * jnp.cos(x),))
+    return lambda x: sin(x)

@@ -39,9 +39,17 @@ from fbp.check.kinks import KINK_CHECKS, flat_cotangent, kink_task
 from fbp.check.reference import primal_full
 from fbp.check.report import Row, VJPCheckError, VJPReport, _compare, _short, _worst
 from fbp.check.structure import output_rows, structure_rows
-from fbp.check.tasks import Task, ref_skip, run, scale, stack, try_ref
+from fbp.check.tasks import (
+    Task,
+    cotangent_batch,
+    merge_vjps,
+    ref_skip,
+    rule_vjp,
+    run,
+    scale,
+    stack,
+)
 from fbp.check.transforms import (
-    _rule,
     alone_task,
     batch_candidates,
     jit_task,
@@ -233,7 +241,7 @@ def _checks(f, a: Args, reference, checks, intent, notes, o) -> list:
             for j, r in enumerate(rs):
                 r.data.update(u=u_flat, tol=fd, leaf=j)
             return rs
-        tasks.append(Task("finite-diff", lambda d, u: (fd_vjp(g, d, u, eps), _rule(g)(d, u)),
+        tasks.append(Task("finite-diff", lambda d, u: (fd_vjp(g, d, u, eps), rule_vjp(g)(d, u)),
                           (dyn, us[0]), fd_rows))
     if "jit" in checks:
         tasks.append(jit_task(g, dyn, us[0], eager, labels, exact))
@@ -257,7 +265,7 @@ def _checks(f, a: Args, reference, checks, intent, notes, o) -> list:
             "dtype than the input, too coarse for finite differences"]))
     elif "rev-over-rev" in checks:
         tasks.append(rev_over_rev_task(g, dyn, us[0], labels, fd, eps, rng, kink_fns))
-    rows += run(tasks)
+    rows += run(merge_vjps(tasks))
     _after(rows, f, ref_f, a, g, dyn, cplx, sizes, eps, exact, intent, kink_fns,
            extra, o, cand)
     return rows
@@ -270,8 +278,7 @@ def _autodiff_task(g, ref_g, dyn, us, labels, tol, noise, intent, extra) -> Task
     extra["nonlinear"] = []
 
     def both(d, us):     # vmap over the cotangents: one copy of each VJP to compile
-        rule = jax.vmap(lambda u: _rule(g)(d, u))(us)
-        return try_ref(task.state, lambda: jax.vmap(lambda u: _rule(ref_g)(d, u))(us)), rule
+        return cotangent_batch(g, ref_g, task.state, d, us)
 
     def post(res):
         r = _leaves(res[1])
@@ -291,7 +298,8 @@ def _autodiff_task(g, ref_g, dyn, us, labels, tol, noise, intent, extra) -> Task
             sets.append(rs)
         return [*out, *_worst(sets)]
 
-    task = Task("autodiff", both, (dyn, stack([*us, scale(us[0], 2)])), post)
+    task = Task("autodiff", both, (dyn, stack([*us, scale(us[0], 2)])), post,
+                vjps=(g, ref_g, None))
     return task
 
 

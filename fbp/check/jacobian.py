@@ -15,8 +15,7 @@ import numpy as np
 
 from fbp.check.args import _dtype, _is_complex, _leaves, _random_like
 from fbp.check.report import _compare
-from fbp.check.tasks import Task, ref_skip, try_ref
-from fbp.check.transforms import _rule
+from fbp.check.tasks import Task, cotangent_batch, ref_skip, try_ref
 
 
 def jacobian_task(g, ref_g, dyn, out, labels, tol, max_rows, n_proj, rng) -> Task:
@@ -29,19 +28,20 @@ def jacobian_task(g, ref_g, dyn, out, labels, tol, max_rows, n_proj, rng) -> Tas
     return _projection_task(g, ref_g, dyn, out, labels, tol, n_proj, rng)
 
 
-def _rows_task(g, ref_g, dyn, out_leaves, out_tree, sizes, labels, tol, cplx_out) -> Task:
-    n_out = sum(sizes)
-    dtype = jnp.result_type(*[_dtype(o) for o in out_leaves])
-
-    def unflat(e):
-        parts = jnp.split(e, list(np.cumsum(sizes)[:-1]))
-        return out_tree.unflatten([(p if _is_complex(o) else jnp.real(p)).reshape(
-            np.shape(o)).astype(_dtype(o)) for p, o in zip(parts, out_leaves, strict=True)])
-
-    basis = np.eye(n_out)
+def _basis(out_leaves, out_tree, sizes, cplx_out):
+    """Every basis cotangent eₖ (and i·eₖ for a complex output), stacked on a new axis 0 of
+    each output leaf, built on the host."""
+    basis = np.eye(sum(sizes))
     if cplx_out:
         basis = np.concatenate([basis, 1j * basis])
-    basis = jnp.asarray(basis, dtype)
+    parts = np.split(basis, list(np.cumsum(sizes)[:-1]), axis=1)
+    return out_tree.unflatten([
+        jnp.asarray((p if _is_complex(o) else np.real(p)).reshape(len(basis), *np.shape(o)),
+                    _dtype(o)) for p, o in zip(parts, out_leaves, strict=True)])
+
+
+def _rows_task(g, ref_g, dyn, out_leaves, out_tree, sizes, labels, tol, cplx_out) -> Task:
+    n_out = sum(sizes)
 
     def forward_mode(d):
         if any(_is_complex(x) for x in jax.tree_util.tree_leaves(d)) or cplx_out:
@@ -51,13 +51,13 @@ def _rows_task(g, ref_g, dyn, out_leaves, out_tree, sizes, labels, tol, cplx_out
             return jnp.concatenate([jnp.ravel(o) for o in jax.tree_util.tree_leaves(ref_g(*d))])
         return jax.jacfwd(flat, argnums=tuple(range(len(d))))(*d)
 
-    def both(d):
-        rows = jax.vmap(lambda e: _rule(g)(d, unflat(e)))(basis)
-        exp = try_ref(task.state, lambda: jax.vmap(lambda e: _rule(ref_g)(d, unflat(e)))(basis))
-        if exp is None:
-            exp = try_ref(task.state, forward_mode, d)
-            task.state["forward"] = exp is not None
-        return exp, rows
+    def fallback(d):     # JAX cannot reverse the reference: its Jacobian by forward mode
+        exp = try_ref(task.state, forward_mode, d)
+        task.state["forward"] = exp is not None
+        return exp
+
+    def both(d, cts):
+        return cotangent_batch(g, ref_g, task.state, d, cts, fallback)
 
     def post(res):
         if res[0] is None:
@@ -70,7 +70,8 @@ def _rows_task(g, ref_g, dyn, out_leaves, out_tree, sizes, labels, tol, cplx_out
                 r.hints.append("the reference's Jacobian by forward mode: JAX cannot reverse it")
         return rows
 
-    task = Task("jacobian", both, (dyn,), post)
+    task = Task("jacobian", both, (dyn, _basis(out_leaves, out_tree, sizes, cplx_out)), post,
+                vjps=(g, ref_g, fallback))
     return task
 
 

@@ -21,13 +21,7 @@ import numpy as np
 from fbp.check.args import _dtype, _inexact_only, _leaves, _random_like
 from fbp.check.fd import fd_vjp
 from fbp.check.report import Row, _compare, _short
-from fbp.check.tasks import Task, stack, try_ref
-
-
-def _rule(g):
-    def rule(d, u):
-        return _inexact_only(jax.vjp(g, *d)[1](u))
-    return rule
+from fbp.check.tasks import Task, rule_vjp, stack, try_ref
 
 
 def jit_task(g, dyn, u, eager, labels, tol) -> Task:
@@ -38,7 +32,7 @@ def jit_task(g, dyn, u, eager, labels, tol) -> Task:
                 "this eagerly (an array built inside f at a nondiff_argnums position: pass "
                 "it as an argument instead), so the other checks ran eagerly"])]
         return _compare("jit", labels, eager, _leaves(res), tol, ref="eager")
-    task = Task("jit", _rule(g), (dyn, u), post)
+    task = Task("jit", rule_vjp(g), (dyn, u), post)
     return task
 
 
@@ -55,7 +49,7 @@ def vmap_task(g, dyn, out, labels, tol, rng, n_draws: int) -> Task:
     draws = _draws(rng, dyn, n_draws)
     us = _random_like(rng, jax.tree_util.tree_map(
         lambda o: jax.ShapeDtypeStruct((n_draws, *np.shape(o)), _dtype(o)), out))
-    rule = _rule(g)
+    rule = rule_vjp(g)
 
     def both(ds, us):
         if task.state.get("eager"):     # jit refuses f, and lax.map would trace it
