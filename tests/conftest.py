@@ -6,14 +6,17 @@ gradient added to an (m, n) array by accident) fails loudly instead of silently.
 
 import os
 
-# The suite compiles hundreds of small programs that each run once: compile them at XLA's
-# lowest backend optimisation level (set before JAX starts its backend; subprocess tests set
-# their own flags).  Values are unchanged up to rounding; every comparison has a tolerance.
-os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
+import jax
+from hypothesis import HealthCheck, settings
 
-import jax  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+from fbp.check.compile_options import fast_xla_flags
+
+# The suite compiles thousands of small programs that each run once: XLA compiles them for
+# speed of compiling (its lowest backend optimisation level, the CPU's loop emitters), set
+# before JAX starts its backend.  The pytest-xdist workers inherit the flags from the main
+# process, which tries them once; subprocess tests set their own.  Values are unchanged up
+# to rounding; every comparison has a tolerance.
+fast_xla_flags()
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
