@@ -6,6 +6,7 @@ worker does every check for that N and prints one JSON line, which the tests rea
 The reference is the same ``grad_fn`` jitted on the whole batch on one device.
 """
 
+import fcntl
 import json
 import os
 import socket
@@ -21,10 +22,6 @@ from jax.sharding import Mesh
 
 import fbp
 from fbp.parallel import data_parallel, data_parallel_step
-
-# One xdist worker runs this module (make test: --dist loadgroup), so the module's
-# fixture starts its three device-count subprocesses once, not once per worker.
-pytestmark = pytest.mark.xdist_group("parallel")
 
 WORKER = r'''
 import json, sys
@@ -108,17 +105,34 @@ print("RESULT " + json.dumps(out))
 '''
 
 
-@pytest.fixture(scope="module")
-def workers():
+def _env(n: int) -> dict:
+    """The suite's own XLA flags (conftest: compiled for speed of compiling), and n devices."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags.strip())
+
+
+@pytest.fixture(scope="session")
+def workers(tmp_path_factory):
+    """The three device-count workers' results, computed once for the whole session: the
+    first pytest-xdist worker to need them runs the subprocesses under a file lock and
+    leaves the results beside the session's temporary directories for the others."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _run_workers()
+    shared = tmp_path_factory.getbasetemp().parent / "data_parallel_workers.json"
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)      # released when the file closes
+        if not shared.exists():
+            shared.write_text(json.dumps(_run_workers()))
+        results = json.loads(shared.read_text())
+    return {int(n): r for n, r in results.items()}
+
+
+def _run_workers() -> dict:
     """Start the three workers at once (they share the cores), then collect their results."""
     procs = {}
     for n in (2, 4, 8):
-        # XLA's optimisation passes would cost more compile time than these small programs
-        # run; both sides of every comparison are compiled with the same flags.
-        env = dict(os.environ, JAX_PLATFORMS="cpu",
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={n} "
-                             "--xla_backend_optimization_level=0")
-        procs[n] = subprocess.Popen([sys.executable, "-c", WORKER, str(n)], env=env,
+        # both sides of every comparison are compiled with the same flags
+        procs[n] = subprocess.Popen([sys.executable, "-c", WORKER, str(n)], env=_env(n),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = {}
     for n, proc in procs.items():
@@ -195,11 +209,9 @@ def test_same_code_runs_across_processes_with_jax_distributed():
     with socket.socket() as sock:
         sock.bind(("localhost", 0))
         address = f"localhost:{sock.getsockname()[1]}"
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2 "
-                         "--xla_backend_optimization_level=0")
     procs = [subprocess.Popen([sys.executable, "-c", MULTIHOST_WORKER, str(pid), address],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
              for pid in (0, 1)]
     for proc in procs:
         stdout, stderr = proc.communicate(timeout=600)
