@@ -206,8 +206,8 @@ def _batch_task(check, cts, g, ref_g, seen, post=None):
     return tasks.Task(check, fn, (POINT, cts), post or keep, vjps=(g, ref_g, None))
 
 
-X = np.linspace(-1.0, 1.0, 3)
-POINT = (X,)          # the differentiated arguments: one object, shared by the checks
+X3 = np.linspace(-1.0, 1.0, 3)
+POINT = (X3,)          # the differentiated arguments: one object, shared by the checks
 
 
 def test_tasks_on_one_rule_and_point_run_as_one_and_get_their_own_cotangents_back():
@@ -224,8 +224,8 @@ def test_tasks_on_one_rule_and_point_run_as_one_and_get_their_own_cotangents_bac
     assert [(r.check, r.status) for r in rows] == [("autodiff", "ok"), ("jacobian", "ok")]
     for name, cts in (("autodiff", a), ("jacobian", b)):
         ref, rule = seen[name]
-        np.testing.assert_allclose(rule[0], cts * np.cos(X), rtol=1e-15)
-        np.testing.assert_allclose(ref[0], cts * np.cos(X), rtol=1e-15)
+        np.testing.assert_allclose(rule[0], cts * np.cos(X3), rtol=1e-15)
+        np.testing.assert_allclose(ref[0], cts * np.cos(X3), rtol=1e-15)
 
 
 def test_a_merged_task_that_cannot_run_gives_each_check_its_own_row():
@@ -254,7 +254,7 @@ def test_tasks_at_different_points_are_not_merged():
     seen = {}
     one = _batch_task("autodiff", np.ones((2, 3)), g, g, seen)
     other = _batch_task("jacobian", np.eye(3), g, g, seen)
-    other.inputs = ((X + 1,), other.inputs[1])
+    other.inputs = ((X3 + 1,), other.inputs[1])
     assert tasks.merge_vjps([one, other]) == [one, other]
 
 
