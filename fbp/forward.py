@@ -36,6 +36,7 @@ from jax.custom_derivatives import SymbolicZero
 from fbp._validate import finite_scalar, float_array, in_range
 from fbp.nets.mlp import _check_params, _resolve
 from fbp.ops import activations as _act
+from fbp.ops import cross_entropy as _ce
 from fbp.ops import linear as _lin
 from fbp.ops import losses as _loss
 from fbp.ops._scale import _acc, _per
@@ -333,18 +334,50 @@ def _sce_soft_jvp(primals, tangents):
 _sce_soft.defjvp(_sce_soft_jvp)
 
 
-def softmax_cross_entropy(logits, labels):
+# with where: the mean over the M = max(Σ where, 1) selected positions
+
+_sce_labels_where = jax.custom_jvp(_ce._sce_labels_where.__wrapped__)
+
+
+def _sce_labels_where_jvp(primals, tangents):
+    (z, labels, w), (z_dot, _, _) = primals, tangents   # labels and mask: float0 tangents
+    loss_dot = jnp.sum(softmax_cross_entropy_delta(z, labels, w) * z_dot)
+    return _sce_labels_where(z, labels, w), loss_dot
+
+
+_sce_labels_where.defjvp(_sce_labels_where_jvp)
+
+_sce_soft_where = jax.custom_jvp(_ce._sce_soft_where.__wrapped__)
+
+
+def _sce_soft_where_jvp(primals, tangents):
+    (z, t, w), (z_dot, t_dot, _) = primals, tangents
+    logp = jax.nn.log_softmax(z, axis=-1)
+    label_term = _mean_of_sum(jnp.where(w[..., None], logp * t_dot, 0),
+                              _ce._positions(w, z.dtype))
+    loss_dot = jnp.sum(softmax_cross_entropy_delta(z, t, w) * z_dot) - label_term
+    return _sce_soft_where(z, t, w), loss_dot
+
+
+_sce_soft_where.defjvp(_sce_soft_where_jvp)
+
+
+def softmax_cross_entropy(logits, labels, *, where=None):
     r"""Fused softmax cross-entropy with a hand-written JVP (twin of ``fbp.softmax_cross_entropy``).
 
     JVP:         L̇ = ⟨(softmax(z) Σ_k t_k − t)/m, ż⟩ − ⟨log softmax(z)/m, ṫ⟩
                  (integer labels: t = onehot(label), and the labels have no tangent).
-    Transposed:  z̄ = ḡ (softmax(z) − t)/m,  t̄ = −ḡ log softmax(z)/m.
-    Shapes:      logits: (..., n_classes); labels: ints (...) or floats (..., n_classes).
+                 With ``where``: both sums run over the selected positions only and m is
+                 M = max(Σ where, 1), as in ``fbp.softmax_cross_entropy``.
+    Transposed:  z̄ = ḡ (softmax(z) − t)/m,  t̄ = −ḡ log softmax(z)/m (0 outside ``where``).
+    Shapes:      logits: (..., n_classes); labels: ints (...) or floats (..., n_classes);
+                 where: bools (...).
     """
-    z, labels = validate_softmax_cross_entropy(logits, labels)
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        return _sce_labels(z, labels)
-    return _sce_soft(z, labels)
+    z, labels, w = validate_softmax_cross_entropy(logits, labels, where)
+    integer = jnp.issubdtype(labels.dtype, jnp.integer)
+    if w is None:
+        return _sce_labels(z, labels) if integer else _sce_soft(z, labels)
+    return _sce_labels_where(z, labels, w) if integer else _sce_soft_where(z, labels, w)
 
 
 _mse = jax.custom_jvp(_loss._mse.__wrapped__)

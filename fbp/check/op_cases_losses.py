@@ -1,4 +1,5 @@
-"""Op-table cases for the masked loss: ``softmax_cross_entropy(..., where=)``.
+"""Op-table cases for the masked loss: ``softmax_cross_entropy(..., where=)`` and its
+forward-mode twin ``fbp.forward.softmax_cross_entropy(..., where=)``.
 
 The reference is independent of fbp's rule: optax's per-example losses, masked and averaged
 by plain ``jnp`` over the selected positions (at least one position is selected here, so the
@@ -28,15 +29,20 @@ def _masked_mean(per_position, w):
 
 
 def cases() -> list:
+    import fbp.forward as forward  # a sibling tool, not below the checker: imported on use
+    return _cases(losses, "") + _cases(forward, "forward.")
+
+
+def _cases(ops, prefix: str) -> list:
     return [
-        OpCase("softmax_cross_entropy(labels, where)",
-               lambda z, t, w: losses.softmax_cross_entropy(z, t, where=w),
+        OpCase(prefix + "softmax_cross_entropy(labels, where)",
+               lambda z, t, w: ops.softmax_cross_entropy(z, t, where=w),
                lambda r, d: (_normal(r, (M, T, N_IN), d),
                              jnp.asarray(r.integers(0, N_IN, (M, T))), _mask(r)),
                lambda z, t, w: _masked_mean(
                    optax.losses.softmax_cross_entropy_with_integer_labels(z, t), w)),
-        OpCase("softmax_cross_entropy(soft, where)",
-               lambda z, t, w: losses.softmax_cross_entropy(z, t, where=w),
+        OpCase(prefix + "softmax_cross_entropy(soft, where)",
+               lambda z, t, w: ops.softmax_cross_entropy(z, t, where=w),
                lambda r, d: (_normal(r, (M, T, N_IN), d),
                              jnp.asarray(r.dirichlet(np.ones(N_IN), (M, T)), d), _mask(r)),
                lambda z, t, w: _masked_mean(optax.losses.softmax_cross_entropy(z, t), w)),

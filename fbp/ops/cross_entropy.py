@@ -180,10 +180,10 @@ def softmax_cross_entropy(logits, labels, *, where=None):
     return _sce_labels_where(z, labels, w) if integer else _sce_soft_where(z, labels, w)
 
 
-def validate_softmax_cross_entropy(logits, labels):
-    """``(z, labels)`` as arrays after the checks ``softmax_cross_entropy`` (and its twin) make."""
-    z, labels, _ = _checked(logits, labels, None)
-    return z, labels
+def validate_softmax_cross_entropy(logits, labels, where=None):
+    """``(z, labels, where)`` as arrays after the checks ``softmax_cross_entropy`` (and its
+    twin) make; ``where`` stays None when not given."""
+    return _checked(logits, labels, where)
 
 
 def _checked(logits, labels, where):
