@@ -200,7 +200,7 @@ def check_all_ops(dtype="float64", seed: int = 0, workers: int | None = None,
 def summary_table(results) -> str:
     """One line per op: the worst relative error of each check, and the verdict."""
     cols = [c for c in ALL_CHECKS if c != "structure"]
-    lines = [f"{'op':<38}" + "".join(f"{c:>13}" for c in cols) + f"{'time':>8}  status"]
+    lines = [f"{'op':<46}" + "".join(f"{c:>13}" for c in cols) + f"{'time':>8}  status"]
     for name, report, seconds in results:
         worst = []
         for c in cols:
@@ -208,7 +208,7 @@ def summary_table(results) -> str:
             fails = any(r.check == c and r.status == "FAIL" for r in report.rows)
             worst.append("FAIL" if fails and not rels else
                          f"{max(rels):.1e}" if rels else "–")
-        lines.append(f"{name:<38}" + "".join(f"{w:>13}" for w in worst)
+        lines.append(f"{name:<46}" + "".join(f"{w:>13}" for w in worst)
                      + f"{seconds:>7.1f}s  {'ok' if report.ok else 'FAIL'}")
     return "\n".join(lines)
 
