@@ -9,7 +9,7 @@ import os
 import jax
 from hypothesis import HealthCheck, settings
 
-from fbp.check.compile_options import fast_xla_flags
+from fbp.check import fast_xla_flags
 
 # The suite compiles thousands of small programs that each run once: XLA compiles them for
 # speed of compiling (its lowest backend optimisation level, the CPU's loop emitters), set

@@ -13,6 +13,8 @@ structure.py   each rule's own fwd/bwd called directly: structure, shapes, dtype
 jacobian.py    every row of the Jacobian, or random projections ⟨u, J v⟩
 transforms.py  jit, vmap (new axis of draws; per example), rev-over-rev
 tasks.py       how checks run (one jit, then alone, then eagerly) and become rows
+compile_options.py  the checks compile for speed of compiling; ``fast_xla_flags`` for a
+               whole test process
 fd.py          finite differences of complex functions; one-sided differences
 kinks.py       a disagreement confined to kinks: information, not failure
 report.py      ``VJPReport`` and its rows; ``VJPCheckError``
@@ -22,6 +24,8 @@ __main__.py    ``python -m fbp.check``
 """
 
 from fbp.check.checker import ALL_CHECKS, INTENTS, TOLERANCES, check_vjp
+from fbp.check.compile_options import fast_xla_flags
 from fbp.check.report import VJPCheckError, VJPReport
 
-__all__ = ["ALL_CHECKS", "INTENTS", "TOLERANCES", "VJPCheckError", "VJPReport", "check_vjp"]
+__all__ = ["ALL_CHECKS", "INTENTS", "TOLERANCES", "VJPCheckError", "VJPReport", "check_vjp",
+           "fast_xla_flags"]
