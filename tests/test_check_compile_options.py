@@ -12,14 +12,19 @@ from fbp.check import compile_options
 PROBE = r"""
 import json, os
 import fbp.check.compile_options as co
-co.FAST = {**co.FAST, "xla_no_such_option": 1}     # an option no XLA has
+fast = co.FAST
+co.FAST = {**fast, "xla_no_such_option": 1}        # an option no XLA has
 env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
 added = co.fast_xla_flags(env)
 again = co.fast_xla_flags(env)                       # the flags are there already
+co.FAST = fast
+mine = dict(env, XLA_FLAGS="--xla_backend_optimization_level=2")   # a value the user chose
+kept = co.fast_xla_flags(mine)
 import jax.numpy as jnp
 jnp.zeros(1).block_until_ready()                     # this process's backend starts
 late = co.fast_xla_flags({})                         # too late: nothing is added
-print(json.dumps({"added": added, "flags": env["XLA_FLAGS"], "again": again, "late": late}))
+print(json.dumps({"added": added, "flags": env["XLA_FLAGS"], "again": again, "late": late,
+                  "kept": kept, "mine": mine["XLA_FLAGS"]}))
 """
 
 
@@ -31,6 +36,8 @@ def test_xla_flags_are_added_only_when_a_child_process_accepts_them():
                           "--xla_cpu_use_fusion_emitters=false"]
     assert r["flags"].split() == r["added"]
     assert r["again"] == [] and r["late"] == []
+    assert r["kept"] == ["--xla_cpu_use_fusion_emitters=false"]
+    assert r["mine"].split() == ["--xla_backend_optimization_level=2", *r["kept"]]
 
 
 def test_per_compile_options_are_those_xla_knows_and_values_are_unchanged(monkeypatch):

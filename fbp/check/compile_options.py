@@ -46,13 +46,15 @@ def _flag(k, v) -> str:
 
 def fast_xla_flags(environ=os.environ) -> list[str]:
     """Add ``FAST`` to ``environ["XLA_FLAGS"]`` (those a child process accepts); the flags
-    added.  Does nothing once JAX's backend has started (it has read its flags), or when
-    the flags are there already (a parent process added them)."""
+    added.  Does nothing once JAX's backend has started (it has read its flags); a flag
+    already in ``XLA_FLAGS`` (a parent process added it, or the user chose its value) is
+    left as it is."""
     from jax._src import xla_bridge
     if xla_bridge.backends_are_initialized():
         return []
     old = environ.get("XLA_FLAGS", "")
-    flags = [f for f in (_flag(k, v) for k, v in FAST.items()) if f not in old.split()]
+    given = {f.split("=")[0] for f in old.split()}        # a flag set already is left as it is
+    flags = [_flag(k, v) for k, v in FAST.items() if f"--{k}" not in given]
     def accepted(fs):
         probe = subprocess.run(
             [sys.executable, "-c", "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"],
