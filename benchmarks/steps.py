@@ -166,6 +166,10 @@ def run_case(sizes, m, spec, rounds, *, with_peak=False, warmup=2, lr=0.01):
         compile_s[kind], kernels[kind] = compile_stats(step, params, opt_state, x, y)
         dots[kind] = dot_signatures(step, params, opt_state, x, y)
         fns[kind] = stateful(step, params, opt_state, x, y)
+    # A/A control: jax.grad's step jitted a second time (the same program) in the same rounds;
+    # its ratio to the first is the noise floor a ratio of this row can be read against.
+    fns["jax.grad again"] = stateful(make_step("jax.grad", spec["activation"], spec["loss"],
+                                               optimizer), params, opt_state, x, y)
     small = max(sizes) <= 16
     if small:  # the dispatch floor: a jitted step with the same arguments that does nothing
         noop = jax.jit(lambda p, s, x, y: (p, s, jnp.sum(x)), donate_argnums=(0, 1))
@@ -184,6 +188,7 @@ def run_case(sizes, m, spec, rounds, *, with_peak=False, warmup=2, lr=0.01):
         "times_s": times,
         "fbp_vs_grad": ratio_stats(times["fbp"], times["jax.grad"]),
         "backprop_vs_grad": ratio_stats(times["backprop"], times["jax.grad"]),
+        "aa_vs_grad": ratio_stats(times["jax.grad again"], times["jax.grad"]),
         "gflops": {k: flops / row_median / 1e9 for k, row_median in
                    ((k, sorted(times[k])[len(times[k]) // 2]) for k in KINDS)},
     }
@@ -261,6 +266,7 @@ def report(result: dict) -> str:
         rows.append([
             r["net"], r["batch"], fmt_time(med["fbp"]), fmt_time(med["backprop"]),
             fmt_time(med["jax.grad"]), _ratio(r["fbp_vs_grad"]), _ratio(r["backprop_vs_grad"]),
+            _ratio(r["aa_vs_grad"]) if "aa_vs_grad" in r else "–",
             f"{r['fbp_vs_grad']['ratio_of_fastest']:.3f}",
             f"{r['gflops']['fbp']:.1f}",
             " / ".join(f"{c[k]:.2f}" for k in KINDS),
@@ -268,10 +274,12 @@ def report(result: dict) -> str:
         ])
     lines = [
         "Training step (forward + backward + optax.sgd), jitted, params donated. Ratio: "
-        "median of per-round ratios [IQR]; < 1 means fbp is faster.",
+        "median of per-round ratios [IQR]; < 1 means fbp is faster. A/A: jax.grad's step "
+        "jitted a second time, in the same rounds, against the first: the same program, so "
+        "its spread is the noise a ratio of that row can be read against.",
         "",
         table(["net", "batch", "fbp", "backprop", "jax.grad", "fbp / jax.grad",
-               "backprop / jax.grad", "fbp / jax.grad, fastest rounds", "fbp GFLOP/s",
+               "backprop / jax.grad", "A/A", "fbp / jax.grad, fastest rounds", "fbp GFLOP/s",
                "compile s (fbp/bp/grad)", "XLA kernels (fbp/bp/grad)"], rows),
     ]
     same = [f"{r['net']}/{r['batch']}: {'yes' if r['same_dots_as_grad'] else 'NO'}"

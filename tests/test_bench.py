@@ -154,3 +154,15 @@ def test_main_prints_and_writes_bench_json(tmp_path, monkeypatch, capsys):
     assert doc["machine"]["nproc"] >= 1
     out = capsys.readouterr().out
     assert "| 1 | 2 |" in out and "| value ≤ 1 | 0.5 | yes |" in out
+
+
+def test_a_step_row_carries_its_a_a_control_and_the_report_shows_it():
+    """Each step row times jax.grad's step a second time (a separate jit of the same program)
+    in the same rounds: its ratio to the first is reported beside fbp's, as the noise floor."""
+    row = steps.run_case((6, 5, 4, 3), 8, steps.MLP, rounds=2, warmup=1)
+    aa = row["aa_vs_grad"]
+    assert aa["rounds"] == 2 and aa["ratio_median"] > 0
+    assert set(row["times_s"]) >= {"fbp", "backprop", "jax.grad", "jax.grad again"}
+    text = steps.report({"rows": [row], "torch": "skipped: not installed"})
+    header = next(line for line in text.splitlines() if line.startswith("| net"))
+    assert "| A/A |" in header and steps._ratio(aa) in text
