@@ -10,9 +10,13 @@ index arithmetic and constants need no rule.  Where a value is read by several e
 cotangent is the sum of what each of them sends back (§3.2, the sum over paths): that is the
 ``+=`` in ``_accumulate``.
 
-Three kinds of equations are not looked up in the table:
+Four kinds of equations are not looked up in the table:
 
 * calls (``jit``, ``closed_call``, ``checkpoint``): the engine recurses into their jaxpr;
+* ``cond`` (``lax.cond``, ``lax.switch``): going back, the engine's own VJP of every branch
+  inside one ``lax.switch`` on the same index — the branch that ran is the one
+  differentiated, even under ``jit`` where the index is not known yet (each branch re-runs
+  its forward there: the tape of a branch that may not run cannot be kept);
 * ``custom_vjp_call`` — every fbp op: the engine runs that op's own ``fwd`` (its residuals
   ``res`` are what the tape keeps) and, going back, its hand-written ``bwd``;
 * ``custom_jvp_call`` (``jax.nn.relu``, ``logsumexp``): its JVP rule is linear in the
@@ -40,6 +44,7 @@ from fbp.autodiff.rules import NO_GRADIENT, VJP_RULES, apply_rule
 CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
          "core_call": "call_jaxpr", "checkpoint": "jaxpr", "remat2": "jaxpr"}   # jax.checkpoint
 CUSTOM = ("custom_vjp_call", "custom_jvp_call")
+BRANCHES = "cond"
 
 
 class UnsupportedPrimitiveError(NotImplementedError):
@@ -74,7 +79,7 @@ def label(eqn) -> str:
 
 
 def is_float(x) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    return jnp.issubdtype(x.dtype if hasattr(x, "dtype") else jnp.result_type(x), jnp.inexact)
 
 
 def bind(eqn, xs) -> list:
@@ -175,7 +180,8 @@ def table_vjp(eqn, step_outs, xs, gs):
 
 def check_rule(eqn, k: int) -> None:
     name = eqn.primitive.name
-    if name in VJP_RULES or name in CALLS or name in CUSTOM or name in NO_GRADIENT:
+    if (name in VJP_RULES or name in CALLS or name in CUSTOM or name in NO_GRADIENT
+            or name == BRANCHES):
         return
     raise UnsupportedPrimitiveError(
         f"fbp.autodiff has no rule for the primitive {name!r}, which the differentiated "
@@ -249,6 +255,8 @@ def backward(jaxpr, tape, cts_out):
                 x_bars = backward(inner[0], inner[1], gs)
             elif name == "custom_vjp_call":
                 x_bars = custom_vjp_bwd(eqn, inner, gs)
+            elif name == BRANCHES:
+                x_bars = cond_vjp(eqn, xs, active, gs)
             elif name == "custom_jvp_call":
                 tangents = lambda ts, eqn=eqn, xs=xs: custom_jvp_tangents(eqn, xs, ts)[1]
                 x_bars = transpose_into(tangents, avals_of(xs), active, avals_of(outs),
@@ -285,6 +293,8 @@ def tangents_forward(jaxpr, consts, args, tangents):
                 outs, t_outs = tangents_forward(sub, sub_consts, xs, ts)
             elif name == "custom_jvp_call":
                 outs, t_outs = custom_jvp_tangents(eqn, xs, ts)
+            elif name == BRANCHES:
+                outs, t_outs = bind(eqn, xs), cond_tangents(eqn, xs, ts)
             elif name == "custom_vjp_call":     # the op's hand-written bwd, transposed
                 outs, res = custom_vjp_fwd(eqn, xs, active)
                 cotangents = lambda gs, eqn=eqn, res=res: custom_vjp_bwd(eqn, res, gs)
@@ -301,6 +311,39 @@ def tangents_forward(jaxpr, consts, args, tangents):
                 tan[v] = t
     return ([read(v) for v in jaxpr.outvars],
             [None if isinstance(v, Literal) else tan.get(v) for v in jaxpr.outvars])
+
+
+# ── lax.cond / lax.switch: the engine's own rule for each branch, switched on the index ──
+
+def _switch(eqn, xs, per_branch):
+    """``lax.switch`` on the cond's index over ``per_branch(branch_jaxpr, operands)``."""
+    index, ops = xs[0], xs[1:]
+    return jax.lax.switch(index, [lambda ops, b=b: per_branch(b, ops)
+                                  for b in eqn.params["branches"]], ops)
+
+
+def cond_vjp(eqn, xs, active, gs):
+    """x̄ of a cond's operands: each branch's forward and backward by the engine (§7)."""
+    act = active[1:]
+    gs = [_zeros(v.aval) if g is None else g for g, v in zip(gs, eqn.outvars, strict=True)]
+
+    def branch_vjp(b, ops):
+        _, _, tape = forward(b.jaxpr, b.consts, ops, act)
+        bars = backward(b.jaxpr, tape, gs)
+        return [_zeros(v.aval) if bar is None else bar
+                for v, bar, a in zip(b.jaxpr.invars, bars, act, strict=True) if a]
+    got = iter(_switch(eqn, xs, branch_vjp))
+    return [None] + [next(got) if a else None for a in act]        # the index: no cotangent
+
+
+def cond_tangents(eqn, xs, ts):
+    """ṫ of a cond's outputs: each branch's forward mode, switched on the same index."""
+    def branch_jvp(b, ops):
+        _, t_outs = tangents_forward(b.jaxpr, b.consts, ops, ts[1:])
+        return [_tangent_zero(v.aval) if t is None else t
+                for v, t in zip(b.jaxpr.outvars, t_outs, strict=True)]
+    return [t if is_float(v.aval) else None for t, v in zip(_switch(eqn, xs, branch_jvp),
+                                                             eqn.outvars, strict=True)]
 
 
 def avals_of(values):
