@@ -22,3 +22,7 @@ def test_quick_run_reports_every_target(monkeypatch):
     assert [r["met"] in (True, False) for r in rows] == [True] * 3
     assert result["compiled"]["temp_bytes"]["autodiff"] > 0
     assert jnp.isfinite(result["timed"]["time"]["ratio_median"])
+    parts = result["timed"]["parts_s"]
+    assert set(parts) == {"fbp", "autodiff", "fbp loss", "autodiff loss", "h @ W.T"}
+    estimate = 4 * parts["fbp loss"] / parts["autodiff"]
+    assert result["timed"]["four_matmul_estimate"] == estimate and f"{estimate:.2f}" in text
