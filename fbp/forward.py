@@ -353,8 +353,7 @@ _sce_soft_where = jax.custom_jvp(_ce._sce_soft_where.__wrapped__)
 def _sce_soft_where_jvp(primals, tangents):
     (z, t, w), (z_dot, t_dot, _) = primals, tangents
     logp = jax.nn.log_softmax(z, axis=-1)
-    label_term = _mean_of_sum(jnp.where(w[..., None], logp * t_dot, 0),
-                              _ce._positions(w, z.dtype))
+    label_term = _ce._masked_mean(jnp.sum(logp * t_dot, axis=-1), w)   # the primal's mean
     loss_dot = jnp.sum(softmax_cross_entropy_delta(z, t, w) * z_dot) - label_term
     return _sce_soft_where(z, t, w), loss_dot
 
