@@ -38,11 +38,13 @@ def cases() -> list:
         OpCase("embedding", embedding_ops.embedding,
                lambda r, d: (_normal(r, (VOCAB, N_IN), d), ids(r, (M, 2))), _ref_embedding,
                {"batch_argnums": (1,)}),
-        OpCase("linear_cross_entropy(block=4)",
-               lambda h, W, y: vocab_loss.linear_cross_entropy(h, W, y, block_size=4),
-               lambda r, d: (_normal(r, (M, N_IN), d), _normal(r, (VOCAB + 5, N_IN), d),
-                             jnp.asarray(r.integers(0, VOCAB + 5, (M,)))),
-               _ref_linear_cross_entropy),
+        *(OpCase(f"linear_cross_entropy({method}, block=4)",
+                 lambda h, W, y, method=method: vocab_loss.linear_cross_entropy(
+                     h, W, y, block_size=4, method=method, tokens_per_block=2),
+                 lambda r, d: (_normal(r, (M, N_IN), d), _normal(r, (VOCAB + 5, N_IN), d),
+                               jnp.asarray(r.integers(0, VOCAB + 5, (M,)))),
+                 _ref_linear_cross_entropy)
+          for method in ("fused", "chunked")),
         OpCase("linear_cross_entropy(dense, where)",
                lambda h, W, y, w: vocab_loss.linear_cross_entropy(h, W, y, where=w,
                                                                   method="dense"),
