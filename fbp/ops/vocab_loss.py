@@ -190,13 +190,19 @@ def _fused_pass(tokens, block, h, W, labels, mask, *, grads):
             d_k = jnp.where(v_fresh[None, :],
                             lax.dynamic_slice_in_dim(delta, v_start, block, axis=1), 0)
             W_rows = lax.dynamic_slice_in_dim(W_bar, v_start, block, axis=0)
-            return lax.dynamic_update_slice_in_dim(W_bar, W_rows + d_k.T @ h_t, v_start, 0)
+            partial_sum = jnp.matmul(d_k.T, h_t, preferred_element_type=W_bar.dtype)
+            return lax.dynamic_update_slice_in_dim(W_bar, W_rows + partial_sum, v_start, 0)
 
         return lse, z_label, h_bar, lax.fori_loop(0, _n_blocks(V, block), vocab_step, W_bar)
 
     zeros = jnp.zeros((n,), h.dtype)
-    init = (zeros, zeros) + ((jnp.zeros_like(h), jnp.zeros_like(W)) if grads else (None, None))
-    return lax.fori_loop(0, _n_blocks(n, tokens), step, init)
+    # W̄ sums one partial per block of tokens: in float16/bfloat16 that sum is kept in float32
+    # (rounding N/tokens times in bfloat16 cost 8× autodiff's error at N = 2,048)
+    acc = jnp.promote_types(W.dtype, jnp.float32)
+    init = (zeros, zeros) + ((jnp.zeros_like(h), jnp.zeros(W.shape, acc)) if grads
+                             else (None, None))
+    lse, z_label, h_bar, W_bar = lax.fori_loop(0, _n_blocks(n, tokens), step, init)
+    return lse, z_label, h_bar, None if W_bar is None else W_bar.astype(W.dtype)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
