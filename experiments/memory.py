@@ -5,8 +5,9 @@ of a linear head ``h Wᵀ`` over a vocabulary of V words (the (N, V) logits), an
 softmax attention over T positions (the (T, T) probabilities per head).  Each is
 differentiated three ways — ``jax.value_and_grad`` of the naive jnp form, the same with the
 whole function under ``jax.checkpoint`` (nothing saved, the forward recomputed in the
-backward), and fbp's rule (``linear_cross_entropy``'s online log-sum-exp over vocabulary
-blocks; ``flash_attention``'s over key blocks) — and XLA's ``temp_size_in_bytes`` of the
+backward), and fbp's rule (``linear_cross_entropy``'s fused rule, both gradients formed one
+block of tokens at a time; ``flash_attention``'s online log-sum-exp over key blocks) — and
+XLA's ``temp_size_in_bytes`` of the
 compiled program is read.  Every size is compiled from ``jax.ShapeDtypeStruct``s, never run
 (the naive attention at T = 16,384 would need 4 GiB per matrix); one small size is run to
 show the three give the same loss and gradients.  Slopes are fitted to log temp against log
@@ -181,8 +182,10 @@ def report(result: dict) -> str:
         f"T^{at['slopes']['autodiff + checkpoint']:.2f}): it recomputes the forward inside "
         "the backward, and the backward still forms the whole matrix at once. fbp's rules "
         f"grow as V^{ce['slopes']['fbp rule']:.2f} and T^{at['slopes']['fbp rule']:.2f}: "
-        "they save the row log-sum-exp and rebuild one block of the matrix at a time, so "
-        "the temp is a few (rows × block) slabs. At the largest sizes autodiff needs "
+        "the cross-entropy forms both gradients for one block of tokens at a time against "
+        "the whole vocabulary (a slab of at most 2^23 logits, whatever V is), and attention "
+        "saves the row log-sum-exp and rebuilds one block of the matrix at a time, so the "
+        "temp is a few slabs. At the largest sizes autodiff needs "
         f"{ce['autodiff_over_fbp_at_largest']:.0f}× (V = {ce['sizes'][-1]}) and "
         f"{at['autodiff_over_fbp_at_largest']:.0f}× (T = {at['sizes'][-1]}) the temp of "
         "fbp's rule. The three ways agree at a small run size to a relative "
