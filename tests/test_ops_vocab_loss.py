@@ -261,3 +261,18 @@ def test_low_precision_gradients_are_as_accurate_as_autodiffs(dtype):
     assert fused[1][1].dtype == dtype
     err = lambda got: _proof.rel_err(got[1][1], truth[1][1])
     assert err(fused) <= 1.5 * err(autodiff)
+
+
+def test_the_default_rule_is_the_cheapest_exact_one():
+    """fused (3 matmuls) for the loss; chunked (4, against fused's 6) when lse is returned."""
+    h, W, labels = _args(jax.random.PRNGKey(17), (6,), 3)
+
+    def dots(method, return_lse):
+        def objective(h, W):
+            out = fbp.linear_cross_entropy(h, W, labels, block_size=4, method=method,
+                                           return_lse=return_lse)
+            return out[0] + jnp.sum(out[1] ** 2) if return_lse else out     # a z-loss
+        return _dots(jax.grad(objective, (0, 1)), h, W)
+
+    assert (dots("fused", False), dots("chunked", False), dots(None, False)) == (3, 4, 3)
+    assert (dots("fused", True), dots("chunked", True), dots(None, True)) == (6, 4, 4)

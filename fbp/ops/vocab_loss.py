@@ -258,7 +258,7 @@ _dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def linear_cross_entropy(h, W, labels, *, block_size: int | None = None, where=None,
-                         return_lse: bool = False, method: str = "fused",
+                         return_lse: bool = False, method: str | None = None,
                          tokens_per_block: int | None = None):
     r"""Mean softmax cross-entropy of the logits z = h Wᵀ, never materialising them.
 
@@ -271,8 +271,9 @@ def linear_cross_entropy(h, W, labels, *, block_size: int | None = None, where=N
               (tutorial §5: ŷ − y), plus ḡ_lse,i ŷ_ij when the lse is returned and used
               (a z-loss); then as for ``dense`` without bias (§7.1):
               h̄ = δ W  (N, D),  W̄ = δᵀ h  (V, D).  Integer labels and the mask get no
-              cotangent.  Three ways to form them:
-              ``"fused"`` (default): L is linear in ḡ, so the forward pass of a gradient
+              cotangent.  Three ways to form them (by default the cheapest: fused, or
+              chunked when the lse is returned):
+              ``"fused"``: L is linear in ḡ, so the forward pass of a gradient
               forms h̄ and W̄ at ḡ = 1 and the backward only scales them by ḡ.  It walks
               blocks of ``tokens_per_block`` tokens, each against the whole vocabulary: the
               block's lse is final at once, δ is formed from it, h̄_t = δ W is written and
@@ -286,7 +287,8 @@ def linear_cross_entropy(h, W, labels, *, block_size: int | None = None, where=N
               chunked: h, W, the labels, the mask and lse (N,).  Neither keeps the (N, V)
               logits (tutorial §11.2: cache the small statistic, recompute the big one).
               With ``return_lse`` the fused rule also keeps the chunked rule's residuals and
-              adds its backward for the ḡ_lse ŷ term (ḡ_lse is known only then).
+              adds its backward for the ḡ_lse ŷ term (ḡ_lse is known only then): six
+              matmuls, so the default is then the chunked rule's four.
               ``"dense"`` saves log softmax(z), (N, V), as autodiff would.
     Memory:   fused: one (tokens_per_block, V) slab of logits (2²³ numbers by default,
               whatever N and V are) and one (block_size, D) partial of W̄.
@@ -305,13 +307,16 @@ def linear_cross_entropy(h, W, labels, *, block_size: int | None = None, where=N
       where: optional boolean mask ``(...)``: the mean runs over the True positions only
         (padding tokens, whose labels may be anything, are False).
       return_lse: also return lse ``(...)``, differentiable (its cotangent is ḡ_lse ŷ).
-      method: ``"fused"`` (default), ``"chunked"`` or ``"dense"`` (the textbook rule).
+      method: ``"fused"``, ``"chunked"`` or ``"dense"`` (the textbook rule); None (default)
+        takes ``"fused"``, or ``"chunked"`` with ``return_lse``.
       tokens_per_block: tokens per block of the fused rule (the others ignore it), a
         positive int; None (default) takes max(1, 2²³ // V).  It need not divide N.
     Returns:
       the loss, a scalar; or ``(loss, lse)`` with ``return_lse``.
     """
     tokens_per_block = _count(tokens_per_block, "tokens_per_block", 128, optional=True)
+    if method is None:
+        method = "chunked" if return_lse else "fused"
     h, W, labels, mask, block = _validate(h, W, labels, block_size, where, method)
     batch = labels.shape
     flat = (h.reshape(-1, h.shape[-1]), W, labels.reshape(-1), mask.reshape(-1))
