@@ -91,15 +91,15 @@ def _label_logit(h, W, labels):
 def _lse_and_label_logit(block, h, W, labels):
     """lse_i = log Σ_j e^{z_ij}, one vocabulary block at a time, and z_{i, yᵢ} (a gather, not a
     search of every block)."""
-    n = h.shape[0]
+    n, h_T = h.shape[0], h.T
 
     def step(k, carry):
         run_max, run_sum = carry
         _, W_blk, _, fresh = _block(W, k, block)
-        z = jnp.where(fresh[None, :], h @ W_blk.T, -jnp.inf)             # (N, block)
-        new_max = jnp.maximum(run_max, jnp.max(z, axis=1))
+        z_T = jnp.where(fresh[:, None], W_blk @ h_T, -jnp.inf)           # (block, N): zᵀ
+        new_max = jnp.maximum(run_max, jnp.max(z_T, axis=0))
         return new_max, (run_sum * jnp.exp(run_max - new_max)
-                         + jnp.sum(jnp.exp(z - new_max[:, None]), axis=1))
+                         + jnp.sum(jnp.exp(z_T - new_max[None, :]), axis=0))
 
     init = (jnp.full((n,), -jnp.inf, h.dtype), jnp.zeros((n,), h.dtype))
     run_max, run_sum = lax.fori_loop(0, _n_blocks(W.shape[0], block), step, init)
@@ -127,15 +127,18 @@ def _chunked_bwd(block, res, g):
     c = g_loss * _weights(mask, h.dtype)            # ḡ/m at counted tokens: the onehot's factor
     a = c + g_lse                                   # the softmax's factor (z-loss adds ḡ_lse)
 
-    def step(k, carry):
-        h_bar, W_bar = carry
+    h_T = h.T
+
+    def step(k, carry):                  # the block's δ as δᵀ (block, N): each matmul then
+        h_bar, W_bar = carry             # reads its operands in their stored order
         start, W_blk, cols, fresh = _block(W, k, block)
-        p = jnp.exp(h @ W_blk.T - lse[:, None])                         # softmax, (N, block)
-        onehot = cols[None, :] == labels[:, None]
-        delta = jnp.where(fresh[None, :], a[:, None] * p - jnp.where(onehot, c[:, None], 0), 0)
-        h_bar = h_bar + delta @ W_blk                                   # x̄ = δ W  (per block)
+        p_T = jnp.exp(W_blk @ h_T - lse[None, :])                       # softmaxᵀ (block, N)
+        onehot_T = cols[:, None] == labels[None, :]
+        delta_T = jnp.where(fresh[:, None],
+                            a[None, :] * p_T - jnp.where(onehot_T, c[None, :], 0), 0)
+        h_bar = h_bar + delta_T.T @ W_blk                               # x̄ = δ W  (per block)
         W_rows = lax.dynamic_slice_in_dim(W_bar, start, block, axis=0)
-        W_bar = lax.dynamic_update_slice_in_dim(W_bar, W_rows + delta.T @ h, start, axis=0)
+        W_bar = lax.dynamic_update_slice_in_dim(W_bar, W_rows + delta_T @ h, start, axis=0)
         return h_bar, W_bar                                             # W̄ = δᵀ h (per block)
 
     init = (jnp.zeros_like(h), jnp.zeros_like(W))
@@ -172,7 +175,9 @@ def _fused_pass(tokens, block, h, W, labels, mask, *, grads):
         y_t = labels[rows]
         z = h_t @ W.T                                                   # (tokens, V)
         z_max = jnp.max(z, axis=1)
-        lse_t = z_max + jnp.log(jnp.sum(jnp.exp(z - z_max[:, None]), axis=1))
+        e = jnp.exp(z - z_max[:, None])                 # one exp per logit, for lse and for ŷ
+        e_sum = jnp.sum(e, axis=1)
+        lse_t = z_max + jnp.log(e_sum)
         label_t = jnp.take_along_axis(z, jnp.clip(y_t, 0, V - 1)[:, None], axis=1)[:, 0]
         put = lambda a, a_t: lax.dynamic_update_slice_in_dim(                # fresh rows only
             a, jnp.where(fresh, a_t, lax.dynamic_slice_in_dim(a, start, tokens)), start, 0)
@@ -181,7 +186,7 @@ def _fused_pass(tokens, block, h, W, labels, mask, *, grads):
             return lse, z_label, h_bar, W_bar
         w_t = jnp.where(fresh, w[rows], 0)       # rows an earlier block covered: δ = 0, adds 0
         onehot = jnp.arange(V)[None, :] == y_t[:, None]
-        delta = w_t[:, None] * (jnp.exp(z - lse_t[:, None]) - onehot)   # (tokens, V)
+        delta = w_t[:, None] * (e / e_sum[:, None] - onehot)            # (tokens, V)
         h_rows = lax.dynamic_slice_in_dim(h_bar, start, tokens, axis=0)
         h_bar = lax.dynamic_update_slice_in_dim(h_bar, h_rows + delta @ W, start, 0)  # h̄_t = δ W
 
