@@ -35,12 +35,13 @@ from fbp._validate import (
     same_dtype,
 )
 
-# Columns of the vocabulary per block.  The backward holds a (N, block) slab of logits and one
-# of δ at a time: 2 · 4,096 · 1,024 · 4 B = 32 MiB at N = 4,096 in float32 (XLA reuses one of
-# them: 26 MiB measured), against autodiff's 1 GiB at V = 32,768.  Halving it halves that; a
-# paired run of blocks of 512, 1,024 and 2,048 on the loaded 2-core machine gave loss + grad
-# times within the noise of autodiff's (0.95, 1.13, 0.87), so 1,024 is the middle: under 1/20
-# of autodiff's temp with room, and a (1,024 × D) operand still wide for each block's matmuls.
+# Columns of the vocabulary per block (chunked rule).  The backward holds a (block, N) slab of
+# logits and one of δ at a time: 2 · 1,024 · 4,096 · 4 B = 32 MiB at N = 4,096 in float32 (with
+# hᵀ and XLA's reuse: 34 MiB measured), against autodiff's 1 GiB at V = 32,768.  Halving it
+# halves the slabs; a paired run of blocks of 512, 1,024 and 2,048 (in the earlier (N, block)
+# layout, on the loaded 2-core machine) gave loss + grad times within the noise of autodiff's
+# (0.95, 1.13, 0.87), so 1,024 is the middle: under 1/20 of autodiff's temp with room, and a
+# (1,024 × D) operand still wide for each block's matmuls.
 DEFAULT_BLOCK_SIZE = 1024
 # The fused rule takes whole rows of the vocabulary for a block of tokens: as many tokens as
 # keep that (tokens, V) slab of logits near 2²³ numbers (32 MiB in float32) — 256 tokens at
@@ -81,16 +82,11 @@ def _n_blocks(size, block):
     return -(-size // block) if size else 0
 
 
-def _label_logit(h, W, labels):
-    """z_{i, yᵢ} = h_i · W_{yᵢ}: one row of W per token (a gather, N·D); masked: unused."""
-    return jnp.sum(h * jnp.take(W, labels, axis=0, mode="clip"), axis=1)
-
-
 # ── the chunked rule: online log-sum-exp forward, blockwise (softmax − onehot)/m backward ──
 
 def _lse_and_label_logit(block, h, W, labels):
-    """lse_i = log Σ_j e^{z_ij}, one vocabulary block at a time, and z_{i, yᵢ} (a gather, not a
-    search of every block)."""
+    """lse_i = log Σ_j e^{z_ij}, one vocabulary block at a time, and z_{i, yᵢ} = h_i · W_{yᵢ}:
+    the label's logit is one row of W per token (a gather, N·D), not a search of every block."""
     n, h_T = h.shape[0], h.T
 
     def step(k, carry):
@@ -103,7 +99,8 @@ def _lse_and_label_logit(block, h, W, labels):
 
     init = (jnp.full((n,), -jnp.inf, h.dtype), jnp.zeros((n,), h.dtype))
     run_max, run_sum = lax.fori_loop(0, _n_blocks(W.shape[0], block), step, init)
-    return run_max + jnp.log(run_sum), _label_logit(h, W, labels)
+    z_label = jnp.sum(h * jnp.take(W, labels, axis=0, mode="clip"), axis=1)  # masked: unused
+    return run_max + jnp.log(run_sum), z_label
 
 
 def _loss(lse, z_label, mask):
