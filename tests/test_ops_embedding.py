@@ -75,6 +75,23 @@ def test_float32_and_traced_ids():
     assert _proof.vjp_vs_reference(OPS[0], (table, ids), jax.random.PRNGKey(7)) <= 1e-6
 
 
+def test_traced_ids_outside_the_table_give_nan_rows_and_no_gradient():
+    """Inside jit ids cannot be checked: −1, −vocab and vocab each give a NaN row and add
+    nothing to the table's gradient.  Before, −1 read (and trained) the last row, silently:
+    jnp.take wraps negative indices round as NumPy does, though concrete −1 is refused."""
+    table = jnp.arange(15.0).reshape(5, 3)
+    ids = jnp.array([0, 4, -1, 5, -5], jnp.int8)
+    out = jax.jit(fbp.embedding)(table, ids)
+    assert np.isnan(out).all(axis=1).tolist() == [False, False, True, True, True]
+    np.testing.assert_array_equal(out[:2], np.asarray(table)[[0, 4]])
+    g = jnp.arange(15.0).reshape(5, 3) + 1
+    table_bar = jax.jit(lambda t, i: jax.vjp(lambda t: fbp.embedding(t, i), t)[1](g)[0])(
+        table, ids)
+    expected = np.zeros((5, 3))
+    expected[0], expected[4] = np.asarray(g)[0], np.asarray(g)[1]
+    np.testing.assert_array_equal(table_bar, expected)
+
+
 def test_residual_is_the_ids_alone():
     table, ids = _args(jax.random.PRNGKey(8), (16,), 8)
     ours = _proof.residual_bytes(fbp.embedding, (table, ids), (0,))

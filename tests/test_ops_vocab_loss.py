@@ -165,6 +165,35 @@ def test_jit_with_traced_labels_and_float32(method):
     assert _proof.rel_err(got, jax.value_and_grad(ref_loss, (0, 1))(h, W, labels)) <= 1e-6
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_traced_labels_outside_the_vocabulary_give_nan_as_softmax_cross_entropy_does(method):
+    """Inside jit labels cannot be checked: a counted token labelled −1 or V makes the loss NaN
+    and its own gradient row NaN (so all of W̄), in every rule, exactly where
+    fbp.softmax_cross_entropy of the materialised logits is NaN; before, a clipped index
+    trained such a token on another class, silently.  Not counted, the same labels are never
+    read."""
+    h, W, labels = _args(jax.random.PRNGKey(14), (5,), 4)
+    bad = labels.at[1].set(-1).at[3].set(V)
+    tokens = 2 if method == "fused" else None
+    f = lambda h, W, y, w: fbp.linear_cross_entropy(h, W, y, where=w, block_size=B,
+                                                    method=method, tokens_per_block=tokens)
+    ref = lambda h, W, y, w: fbp.softmax_cross_entropy(h @ W.T, y, where=w)
+    got, want = (jax.jit(jax.value_and_grad(fn, (0, 1))) for fn in (f, ref))
+    counted = jnp.ones((5,), bool)
+    loss, (h_bar, W_bar) = got(h, W, bad, counted)
+    ref_loss_, (ref_h, ref_W) = want(h, W, bad, counted)
+    assert np.isnan(loss) and np.isnan(ref_loss_)
+    assert np.array_equal(np.isnan(h_bar), np.isnan(ref_h))
+    assert np.isnan(h_bar).all(axis=1).tolist() == [False, True, False, True, False]
+    assert np.isnan(W_bar).all() and np.isnan(ref_W).all()
+    finite = ~np.isnan(np.asarray(ref_h))
+    assert np.max(np.abs(np.asarray(h_bar)[finite] - np.asarray(ref_h)[finite])) <= TIGHT
+    padded = counted.at[1].set(False).at[3].set(False)
+    out = got(h, W, bad, padded)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(out))
+    assert _proof.rel_err(out, want(h, W, bad, padded)) <= TIGHT
+
+
 @pytest.mark.parametrize("method, kept", [("chunked", (16,)), ("fused", (64, 8))])
 def test_residuals_hold_no_tokens_by_vocabulary_array(method, kept):
     """The chunked rule keeps lse (N,) and the inputs, the fused one h̄ (N, D) and W̄ (V, D);

@@ -10,18 +10,30 @@ import jax.numpy as jnp
 from fbp._validate import float_array, indices_in_range, integer_array
 
 
+def _past_the_end(ids, vocab):
+    """ids with every negative one moved past the end: −1 is outside [0, vocab) as the check
+    of concrete ids says, not the last row (NumPy's wrap-around, which jnp.take follows)."""
+    ids = ids.astype(jnp.promote_types(ids.dtype, jnp.int32))       # room for vocab itself
+    return jnp.where(ids < 0, vocab, ids)
+
+
+def _lookup(vocab, table, ids):
+    return jnp.take(table, _past_the_end(ids, vocab), axis=0, mode="fill", fill_value=jnp.nan)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _embedding(vocab, table, ids):
-    return jnp.take(table, ids, axis=0)
+    return _lookup(vocab, table, ids)
 
 
 def _embedding_fwd(vocab, table, ids):
-    return jnp.take(table, ids, axis=0), ids          # res: the ids alone, not the table
+    return _lookup(vocab, table, ids), ids            # res: the ids alone, not the table
 
 
 def _embedding_bwd(vocab, ids, g):
     delta = g.reshape(-1, g.shape[-1])                 # (m, d), one row per looked-up id
-    table_bar = jnp.zeros((vocab, g.shape[-1]), g.dtype).at[ids.reshape(-1)].add(delta)
+    rows = _past_the_end(ids, vocab).reshape(-1)       # an id outside [0, vocab) adds nothing
+    table_bar = jnp.zeros((vocab, g.shape[-1]), g.dtype).at[rows].add(delta, mode="drop")
     return table_bar, None                             # integer ids get no cotangent
 
 
@@ -44,7 +56,8 @@ def embedding(table, ids):
     Args:
       table: floating array ``(vocab, d)``.
       ids: integer array of any shape, values in [0, vocab).  Checked when concrete; inside
-        ``jit`` an out-of-range id follows ``jnp.take`` (a NaN row) and adds no gradient.
+        ``jit`` an id outside [0, vocab) — a negative one too, which ``jnp.take`` would wrap
+        round to a real row — gives a NaN row and adds no gradient.
     Returns:
       the embeddings, ``(*ids.shape, d)``, in the table's dtype.
     """

@@ -55,11 +55,17 @@ FUSED_BLOCK_SIZE = 2048
 _METHODS = ("fused", "chunked", "dense")
 
 
-def _weights(mask, dtype):
-    """Per-token weight 1/m where ``mask`` is True (m = max(Σ mask, 1), counted in ≥ float32)."""
+def _weights(mask, labels, V, dtype):
+    """Per-token weight 1/m where ``mask`` is True (m = max(Σ mask, 1), counted in ≥ float32),
+    0 elsewhere; NaN at a counted token whose label is outside [0, V).
+
+    Concrete labels are checked up front; a traced one (inside ``jit``) cannot be, so there the
+    weight carries it: that token's loss term and its gradient row are NaN in every rule (as
+    in ``softmax_cross_entropy``), where a clipped index would train on another class."""
     count_dtype = jnp.promote_types(dtype, jnp.float32)
     m = jnp.maximum(jnp.sum(mask, dtype=count_dtype), 1)
-    return (mask / m).astype(dtype)
+    outside = mask & ((labels < 0) | (labels >= V))
+    return jnp.where(outside, jnp.nan, mask / m).astype(dtype)
 
 
 def _span(size, k, block):
@@ -103,25 +109,26 @@ def _lse_and_label_logit(block, h, W, labels):
     return run_max + jnp.log(run_sum), z_label
 
 
-def _loss(lse, z_label, mask):
-    return jnp.sum(jnp.where(mask, lse - z_label, 0) * _weights(mask, lse.dtype))
+def _loss(lse, z_label, labels, mask, V):
+    return jnp.sum(jnp.where(mask, lse - z_label, 0) * _weights(mask, labels, V, lse.dtype))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _chunked(block, h, W, labels, mask):
     lse, z_label = _lse_and_label_logit(block, h, W, labels)
-    return _loss(lse, z_label, mask), lse
+    return _loss(lse, z_label, labels, mask, W.shape[0]), lse
 
 
 def _chunked_fwd(block, h, W, labels, mask):
     lse, z_label = _lse_and_label_logit(block, h, W, labels)
-    return (_loss(lse, z_label, mask), lse), (h, W, labels, mask, lse)  # res: lse, not logits
+    loss = _loss(lse, z_label, labels, mask, W.shape[0])
+    return (loss, lse), (h, W, labels, mask, lse)                       # res: lse, not logits
 
 
 def _chunked_bwd(block, res, g):
     h, W, labels, mask, lse = res
     g_loss, g_lse = g
-    c = g_loss * _weights(mask, h.dtype)            # ḡ/m at counted tokens: the onehot's factor
+    c = g_loss * _weights(mask, labels, W.shape[0], h.dtype)  # ḡ/m at counted tokens (onehot)
     a = c + g_lse                                   # the softmax's factor (z-loss adds ḡ_lse)
 
     h_T = h.T
@@ -163,7 +170,7 @@ def _fused_pass(tokens, block, h, W, labels, mask, *, grads):
     (block, D) partial, never a second (V, D) one).  Three N·V·D matmuls in all.  The label's
     logit is read from the slab (a gather of (N, D) rows of W would be one more h-sized temp)."""
     n, V = h.shape[0], W.shape[0]
-    w = _weights(mask, h.dtype)
+    w = _weights(mask, labels, V, h.dtype)
 
     def step(t, carry):
         lse, z_label, h_bar, W_bar = carry
@@ -210,12 +217,12 @@ def _fused_pass(tokens, block, h, W, labels, mask, *, grads):
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def _fused(tokens, block, with_lse, h, W, labels, mask):
     lse, z_label, _, _ = _fused_pass(tokens, block, h, W, labels, mask, grads=False)
-    return _loss(lse, z_label, mask), lse
+    return _loss(lse, z_label, labels, mask, W.shape[0]), lse
 
 
 def _fused_fwd(tokens, block, with_lse, h, W, labels, mask):
     lse, z_label, h_bar, W_bar = _fused_pass(tokens, block, h, W, labels, mask, grads=True)
-    out = (_loss(lse, z_label, mask), lse)
+    out = (_loss(lse, z_label, labels, mask, W.shape[0]), lse)
     return out, (h_bar, W_bar, (h, W, labels, mask, lse) if with_lse else None)
 
 
@@ -243,14 +250,14 @@ def _dense_fwd(h, W, labels, mask):
     z = h @ W.T                                                         # (N, V)
     lse = jax.nn.logsumexp(z, axis=-1)
     onehot = jax.nn.one_hot(labels, W.shape[0], dtype=h.dtype)
-    loss = _loss(lse, jnp.sum(onehot * z, axis=-1), mask)
+    loss = _loss(lse, jnp.sum(onehot * z, axis=-1), labels, mask, W.shape[0])
     return (loss, lse), (h, W, labels, mask, z - lse[:, None])          # res: log softmax (N, V)
 
 
 def _dense_bwd(res, g):
     h, W, labels, mask, logp = res
     g_loss, g_lse = g
-    c = g_loss * _weights(mask, h.dtype)
+    c = g_loss * _weights(mask, labels, W.shape[0], h.dtype)
     onehot = jax.nn.one_hot(labels, W.shape[0], dtype=h.dtype)
     delta = (c + g_lse)[:, None] * jnp.exp(logp) - c[:, None] * onehot  # ḡ (ŷ − y)/m + ḡ_lse ŷ
     return delta @ W, delta.T @ h, None, None
@@ -301,7 +308,9 @@ def linear_cross_entropy(h, W, labels, *, block_size: int | None = None, where=N
     Args:
       h: floating hidden states ``(..., D)``.
       W: floating output table ``(V, D)`` of h's dtype.
-      labels: integer targets ``(...)`` in [0, V) (checked when concrete, where counted).
+      labels: integer targets ``(...)`` in [0, V) (checked when concrete, where counted;
+        inside ``jit`` a counted label outside [0, V) makes the loss NaN and that token's
+        gradient row NaN, as in ``softmax_cross_entropy``).
       block_size: vocabulary rows per block, a positive int: the columns of each slab of the
         chunked rule (default 1,024), the rows of each W̄ partial of the fused one (default
         2,048).  It need not divide V (the last block is shifted back and its repeated rows
