@@ -37,7 +37,8 @@ def test_every_step_kind_gives_the_params_of_the_jax_grad_step(sizes, m, spec):
     params, x, y = steps.problem(sizes, m, dtype=jnp.float64, **spec)
     optimizer = optax.sgd(0.1)
     new, loss = {}, {}
-    for kind in steps.KINDS:
+    kinds = steps.KINDS + (steps.BODY,)  # the diagnostic step too: it must be the same maths
+    for kind in kinds:
         step = steps.make_step(kind, optimizer=optimizer, **spec)
         p, s = _copy(params), optimizer.init(params)
         for _ in range(2):
@@ -49,7 +50,7 @@ def test_every_step_kind_gives_the_params_of_the_jax_grad_step(sizes, m, spec):
     for _ in range(2):
         value, g = ref_grad(p, x, y, spec["activation"], spec["loss"])
         p = jax.tree.map(lambda w, gw: w - 0.1 * gw, p, g)
-    for kind in steps.KINDS:
+    for kind in kinds:
         chex.assert_trees_all_close(new[kind], p, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(loss[kind], value, rtol=1e-12)
 
@@ -166,3 +167,6 @@ def test_a_step_row_carries_its_a_a_control_and_the_report_shows_it():
     text = steps.report({"rows": [row], "torch": "skipped: not installed"})
     header = next(line for line in text.splitlines() if line.startswith("| net"))
     assert "| A/A |" in header and steps._ratio(aa) in text
+    body = row["body_vs_grad"]  # the diagnostic: fbp's layer rules under autodiff's loss
+    assert body["rounds"] == 2 and steps.BODY in row["times_s"]
+    assert f"6-5-4-3/8: {steps._ratio(body)}" in text
