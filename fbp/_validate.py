@@ -200,7 +200,8 @@ def one_of(value, name: str, known) -> None:
 
 
 def integer_array(x, name: str):
-    """``x`` as an integer JAX array (indices, labels), or a TypeError with the cast to use."""
+    """``x`` as an integer JAX array (indices, labels) at least as wide as int32, or a
+    TypeError with the cast to use."""
     if isinstance(x, (str, bytes)) or x is None:
         raise TypeError(f"{name} must be an integer array; got {type(x).__name__}.")
     x = jnp.asarray(x)
@@ -209,7 +210,14 @@ def integer_array(x, name: str):
             f"{name} must have an integer dtype (indices); got {x.dtype}. "
             f"Cast it first, e.g. {name}.astype(jnp.int32)."
         )
-    return x
+    return wide_indices(x)
+
+
+def wide_indices(x):
+    """Integer ``x`` widened to int32 when narrower (int8, uint8, int16, uint16): the rules
+    compare, clip and one-hot indices against counts such as 300 classes, which an int8 or
+    uint8 cannot hold (300 wraps to 44), so narrow labels would pick the wrong class."""
+    return x.astype(jnp.int32) if x.dtype.itemsize < 4 else x
 
 
 def indices_in_range(ids, name: str, n: int, *, where=None, unit: str = "rows") -> None:

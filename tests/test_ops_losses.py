@@ -137,3 +137,41 @@ def test_bce_with_logits_keeps_relative_precision_when_confidently_right():
     np.testing.assert_allclose(jax.grad(fbp.bce_with_logits)(z, y), exact_grad, rtol=1e-6)
     naive = jnp.mean(jax.nn.softplus(z) - y * z)
     assert float(naive) != pytest.approx(exact_terms.mean(), rel=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_narrow_integer_labels_pick_their_class_when_there_are_more_classes_than_the_dtype_holds(
+        dtype):
+    """300 classes do not fit an int8 or uint8 (300 wraps to 44): the rules compare, clip and
+    one-hot the labels against C, so they must do it in int32.  Before, int8 labels gave NaN
+    for C = 200 and, for C = 300, the right loss with a gradient 0.33 off per entry."""
+    rng = np.random.default_rng(0)
+    C = 300
+    z = jnp.asarray(rng.normal(size=(4, C)))
+    narrow = np.array([0, 1, 100, 120], dtype)
+    labels = narrow.astype(np.int64)              # the same classes, in a dtype that holds C
+
+    def reference(z):  # independent: log-sum-exp minus the picked logit, by NumPy indexing
+        return jnp.mean(jax.scipy.special.logsumexp(z, axis=-1) - z[np.arange(4), labels])
+
+    value, grad = jax.value_and_grad(reference)(z)
+    mask = np.array([True, True, False, True])
+    masked = jax.grad(lambda z: jnp.sum(
+        jnp.where(mask, jax.scipy.special.logsumexp(z, axis=-1) - z[np.arange(4), labels], 0))
+        / 3)(z)
+    for f in (fbp.softmax_cross_entropy, jax.jit(fbp.softmax_cross_entropy)):  # traced, too
+        v, g = jax.value_and_grad(f)(z, narrow)
+        np.testing.assert_allclose(v, value, rtol=1e-13)
+        np.testing.assert_allclose(g, grad, rtol=1e-12, atol=1e-15)
+    g = jax.grad(lambda z: fbp.softmax_cross_entropy(z, narrow, where=mask))(z)
+    np.testing.assert_allclose(g, masked, rtol=1e-12, atol=1e-15)
+    # the same labels through the δ recursion and the linear head
+    params = fbp.init_mlp(jax.random.PRNGKey(0), [3, C])
+    x = jnp.asarray(rng.normal(size=(4, 3)))
+    bp = fbp.backprop(params, x, narrow, "tanh", "softmax_cross_entropy").grads
+    ref_grads = jax.grad(fbp.mlp_loss)(params, x, labels, "tanh", "softmax_cross_entropy")
+    for a, b in zip(jax.tree.leaves(bp), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    h, W = jnp.asarray(rng.normal(size=(4, 3))), jnp.asarray(rng.normal(size=(C, 3)))
+    np.testing.assert_allclose(fbp.linear_cross_entropy(h, W, narrow),
+                               reference(h @ W.T), rtol=1e-13)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fbp._validate import class_labels, float_array
+from fbp._validate import class_labels, float_array, wide_indices
 from fbp.ops._scale import _acc, _batch_count, _per
 
 # ── softmax cross-entropy (fused), integer labels or soft targets, optionally masked ──
@@ -22,7 +22,7 @@ from fbp.ops._scale import _acc, _batch_count, _per
 
 def _label_losses(logp, labels):
     """−log p[label] per example; NaN where the label is outside [0, C)."""
-    n_classes = logp.shape[-1]
+    n_classes, labels = logp.shape[-1], wide_indices(labels)  # C = 300 does not fit an int8
     valid = (labels >= 0) & (labels < n_classes)
     picked = jnp.take_along_axis(logp, jnp.clip(labels, 0, n_classes - 1)[..., None], axis=-1)
     return jnp.where(valid, -picked[..., 0], jnp.nan)
@@ -30,7 +30,7 @@ def _label_losses(logp, labels):
 
 def _label_residual(logp, labels):
     """softmax − onehot per example, its row NaN where the label is outside [0, C)."""
-    n_classes = logp.shape[-1]
+    n_classes, labels = logp.shape[-1], wide_indices(labels)
     valid = (labels >= 0) & (labels < n_classes)
     onehot = jax.nn.one_hot(labels, n_classes, dtype=logp.dtype)
     return jnp.where(valid[..., None], jnp.exp(logp) - onehot, jnp.nan)
