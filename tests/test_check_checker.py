@@ -12,6 +12,7 @@ import fbp.check.op_table as op_table
 import fbp.testing
 from fbp.check import ALL_CHECKS, tasks
 from fbp.check.diagnose import diagnose, shape_hint
+from fbp.check.reference import primal_full
 
 # ── a small rule to exercise the report: y = x ⊙ w, w broadcast over the batch ──
 
@@ -86,6 +87,29 @@ def test_default_reference_is_autodiff_of_the_primal_code_of_a_wrapper():
     report = fbp.check_vjp(fbp.tanh, X)
     assert report.ok, str(report)
     assert any("undecorated primal" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("jax_fn, args", [
+    (jax.nn.softplus, (jnp.array([0.0, 1.0, -2.0]),)),      # its primal logaddexp: 0 at 0
+    (jax.scipy.special.xlogy, (jnp.array([0.0, 0.5]), jnp.array([0.3, 0.7]))),
+])
+def test_the_default_reference_keeps_jaxs_own_rules_and_replaces_the_others(jax_fn, args):
+    """A correct rule over a JAX function whose primal code alone has another derivative at
+    0 (softplus'(0) = ½; ∂xlogy/∂x (0, y) = log y) passes; a user's custom_jvp is still
+    replaced by its primal, so the reference never trusts the rule under test."""
+    rule = jax.custom_vjp(jax_fn)
+    rule.defvjp(lambda *a: (jax_fn(*a), a),
+                lambda a, g: jax.vjp(jax_fn, *a)[1](g))
+    report = fbp.check_vjp(rule, *args, checks=("autodiff", "jacobian", "finite-diff"))
+    assert report.ok, str(report)
+    u = jnp.ones_like(jax_fn(*args))
+    for got, want in zip(jax.vjp(primal_full(rule), *args)[1](u),
+                         jax.vjp(jax_fn, *args)[1](u), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-14)
+
+    wrong = jax.custom_jvp(lambda x: x * x)
+    wrong.defjvp(lambda p, t: (p[0] * p[0], 3 * p[0] * t[0]))      # 3x, not 2x
+    np.testing.assert_allclose(jax.grad(lambda x: primal_full(wrong)(x).sum())(X), 2 * X)
 
 
 def test_a_wrong_reference_is_caught_by_the_reference_checks_only():

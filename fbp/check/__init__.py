@@ -8,7 +8,7 @@ One module per concern:
 
 checker.py     ``check_vjp``: the checks, the intents, the re-readings after they ran
 args.py        which leaves are differentiated, their labels, dtypes and random draws
-reference.py   the default reference: ``f``'s jaxpr with every custom rule replaced
+reference.py   the default reference: ``f``'s jaxpr with every custom rule but JAX's own replaced
 structure.py   each rule's own fwd/bwd called directly: structure, shapes, dtypes by argument
 jacobian.py    every row of the Jacobian, or random projections ⟨u, J v⟩
 transforms.py  jit, vmap (new axis of draws; per example), rev-over-rev

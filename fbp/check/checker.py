@@ -11,7 +11,8 @@ structure      the rule's cotangents have the pytree structure, shapes and dtype
                (``fbp.check.structure``).
 autodiff       the VJP through the rule vs ``jax.vjp`` of ``reference`` for several random
                cotangents (default reference: ``f``'s jaxpr with every custom rule replaced
-               by the primal code it wraps, ``fbp.check.reference``).
+               by the primal code it wraps, JAX's own library rules kept,
+               ``fbp.check.reference``).
 jacobian       every row of the Jacobian through the rule vs the reference's when the output
                is small (reverse mode, or forward mode where JAX cannot reverse the
                reference: a ``while_loop``); random projections ⟨u, J v⟩ when it is large.
@@ -121,7 +122,8 @@ def check_vjp(f, *args, reference=None, checks=ALL_CHECKS, n_cotangents: int = 3
       *args: its arguments.  Floating and complex leaves, and Python floats, are
         differentiated, leaf by leaf; integer arrays, PRNG keys and anything else are held.
       reference: a function with ``f``'s signature differentiated by JAX's own autodiff;
-        default: ``f``'s own forward code with every custom rule replaced by its primal.
+        default: ``f``'s own forward code with every custom rule replaced by its primal
+        (the rules of JAX's own functions, ``jax.nn.softplus``, ``xlogy``, are kept).
       checks: a subset of ``ALL_CHECKS``.
       n_cotangents: random cotangents for the autodiff check (the worst one is reported).
       rtol, atol: tolerances against exact derivatives (autodiff, jacobian, jit, vmap);
@@ -223,7 +225,7 @@ def _checks(f, a: Args, reference, checks, intent, notes, o) -> list:
     ref_g = a.bind(ref_f)
     notes.append("reference: " + ("the one given" if reference is not None else
                                   "autodiff of f's undecorated primal code (its jaxpr, every "
-                                  "custom rule replaced by the code it wraps)"))
+                                  "custom rule but JAX's own replaced by the code it wraps)"))
     cplx = any(_is_complex(x) for x in jax.tree_util.tree_leaves((dyn, out)))
     sizes = [int(np.size(x)) for x in jax.tree_util.tree_leaves(dyn)]
     tasks, kink_fns, extra = [], {}, {}

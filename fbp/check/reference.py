@@ -4,8 +4,11 @@ r"""The default reference of ``fbp.check_vjp``: ``f``'s own forward code, every 
 and ``custom_jvp_call`` replaced by the primal computation it wraps (its ``call_jaxpr``),
 recursively: through ``jit``/``pjit``/closed calls (inlined) and through ``scan``,
 ``while_loop`` and ``cond`` bodies (re-traced with their custom calls replaced).  JAX's own
-autodiff of the result is the reference.  Nothing global is patched, so checks may run in
-several threads at once.
+autodiff of the result is the reference.  The rules of JAX's own library functions
+(``jax.nn.softplus``, ``jax.nn.relu``, ``jax.scipy.special.xlogy``: a rule whose primal is
+defined in a file of the ``jax`` package) are kept: they are part of JAX's autodiff, as
+``jax.grad`` sees them, and their primal code alone has the wrong derivative at points such
+as ``xlogy(0, y)``.  Nothing global is patched, so checks may run in several threads at once.
 
 ``custom_rules`` lists the outermost ``custom_vjp_call``s of a jaxpr (for the structure
 check of functions that call rules rather than being one).
@@ -13,11 +16,29 @@ check of functions that call rules rather than being one).
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.extend.core as jex
 
 _CUSTOM = {"custom_vjp_call", "custom_vjp_call_jaxpr", "custom_jvp_call"}
 _INLINE = {"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint"}
+_JAX_DIR = os.path.dirname(os.path.abspath(jax.__file__)) + os.sep
+
+
+def _jax_own(eqn) -> bool:
+    """Whether a custom call is a rule of JAX's own library: its primal function is defined
+    in a file of the ``jax`` package (the call's debug info: ``"xlogy at /…/jax/…:937"``)."""
+    sub = eqn.params.get("call_jaxpr")
+    info = getattr(getattr(sub, "jaxpr", sub), "debug_info", None)
+    src = getattr(info, "func_src_info", None) or ""
+    path = src.rpartition(" at ")[2].rpartition(":")[0]
+    return bool(path) and os.path.abspath(path).startswith(_JAX_DIR)
+
+
+def _replaced(eqn) -> bool:
+    """A custom call the reference replaces by its primal code (every rule but JAX's own)."""
+    return eqn.primitive.name in _CUSTOM and not _jax_own(eqn)
 
 
 def _sub(eqn):
@@ -32,7 +53,7 @@ def _sub(eqn):
 
 
 def _has_custom(jaxpr) -> bool:
-    if any(eqn.primitive.name in _CUSTOM for eqn in jaxpr.eqns):
+    if any(_replaced(eqn) for eqn in jaxpr.eqns):
         return True
     return any(_has_custom(s) for s in jex.subjaxprs(jaxpr))
 
@@ -70,9 +91,11 @@ def _eval(jaxpr, consts, *args) -> list:
     for eqn in jaxpr.eqns:
         ins = [read(v) for v in eqn.invars]
         name = eqn.primitive.name
-        sub = _sub(eqn) if name in _CUSTOM or name in _INLINE else None
+        sub = _sub(eqn) if _replaced(eqn) or name in _INLINE else None
         if sub is not None:
             outs = _eval(sub[0], sub[1], *ins)
+        elif name in _CUSTOM:              # JAX's own rule: kept as it is
+            outs = _bind(eqn.primitive, eqn.params, ins)
         else:
             params = eqn.params
             if any(isinstance(v, (jex.ClosedJaxpr, tuple)) for v in params.values()):
