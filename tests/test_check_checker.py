@@ -112,6 +112,27 @@ def test_the_default_reference_keeps_jaxs_own_rules_and_replaces_the_others(jax_
     np.testing.assert_allclose(jax.grad(lambda x: primal_full(wrong)(x).sum())(X), 2 * X)
 
 
+def test_the_default_reference_differentiates_a_linear_solve():
+    """custom_linear_solve's params hold a namedtuple of jaxprs: kept a namedtuple."""
+    @jax.custom_vjp
+    def solve(A, b):
+        return jnp.linalg.solve(A, b)
+
+    def solve_bwd(res, g):
+        A, x = res
+        b_bar = jnp.linalg.solve(A.T, g)
+        return -jnp.outer(b_bar, x), b_bar            # Ā = −b̄ xᵀ
+
+    solve.defvjp(lambda A, b: (solve(A, b), (A, solve(A, b))), solve_bwd)
+    A, b = jnp.array([[2.0, 0.3], [0.1, 1.5]]), jnp.array([1.0, -0.5])
+    report = fbp.check_vjp(solve, A, b, checks=("autodiff", "jacobian"))
+    assert report.ok and not report.skipped, str(report)
+    u = jnp.array([0.7, -1.3])
+    for got, want in zip(jax.vjp(primal_full(solve), A, b)[1](u),
+                         jax.vjp(jnp.linalg.solve, A, b)[1](u), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-14)
+
+
 def test_a_wrong_reference_is_caught_by_the_reference_checks_only():
     report = fbp.check_vjp(fbp.sigmoid, X, reference=lambda z: jnp.tanh(z))
     assert {r.check for r in report.failures} == {"autodiff", "jacobian"}

@@ -67,14 +67,12 @@ def _without_rules(closed: jex.ClosedJaxpr) -> jex.ClosedJaxpr:
 
 
 def _params_without_rules(params: dict) -> dict:
-    out = {}
-    for k, v in params.items():
-        if isinstance(v, jex.ClosedJaxpr):
-            v = _without_rules(v)
-        elif isinstance(v, tuple) and v and all(isinstance(b, jex.ClosedJaxpr) for b in v):
-            v = tuple(_without_rules(b) for b in v)
-        out[k] = v
-    return out
+    """Every closed jaxpr of ``params`` without its rules, in a tuple too (``cond``'s
+    branches); a namedtuple keeps its type (``custom_linear_solve``'s ``jaxprs``)."""
+    def one(v):
+        return _without_rules(v) if isinstance(v, jex.ClosedJaxpr) else v
+    return {k: jax.tree_util.tree_map(one, v) if isinstance(v, tuple) else one(v)
+            for k, v in params.items()}
 
 
 def _eval(jaxpr, consts, *args) -> list:
