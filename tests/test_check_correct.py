@@ -57,6 +57,29 @@ def test_nondiff_argnums_are_held_and_every_check_runs(name):
     assert {r.arg for r in rep.rows if r.check == "autodiff"} == {"x"}
 
 
+@pytest.mark.parametrize("by_keyword", [False, True])
+def test_a_float_array_at_a_nondiff_position_is_held_and_a_wrong_rule_still_caught(by_keyword):
+    """JAX never traces it (jax.grad works); x̄ = ḡ · Σ table."""
+    def scaled(x, table):
+        return x * table.sum()
+
+    right = saving_inputs(scaled, lambda t, res, g: (g * t.sum(),), nondiff_argnums=(1,))
+    wrong = saving_inputs(scaled, lambda t, res, g: (g * t.sum() * 2,), nondiff_argnums=(1,))
+    x, table = normal(2), jnp.array([1.0, 2.0, 3.0])
+
+    def check(rule):
+        if by_keyword:
+            return fbp.check_vjp(rule, x, f_kwargs={"table": table})
+        return fbp.check_vjp(rule, x, table)
+    rep = check(right)
+    assert {r.status for r in rep.rows} == {"ok"}, str(rep)
+    assert {r.check for r in rep.rows} == set(fbp.check.ALL_CHECKS)
+    assert {r.arg for r in rep.rows if r.check == "autodiff"} == {"x"}
+    np.testing.assert_allclose(jax.grad(lambda x: right(x, table).sum())(x), 6.0 * jnp.ones(2))
+    assert {(r.check, r.arg) for r in check(wrong).failures} >= {("autodiff", "x"),
+                                                                 ("finite-diff", "x")}
+
+
 def test_an_array_built_inside_f_at_a_nondiff_position_does_not_raise():
     rule = saving_inputs(lambda c, x: c * x, lambda c, res, g: (c * g,), nondiff_argnums=(0,))
     rep = fbp.check_vjp(lambda x: rule(jnp.arange(3.0) + 1, x), normal(3),

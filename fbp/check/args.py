@@ -6,7 +6,9 @@ differentiated   floating and complex arrays, and Python floats/complex numbers 
                  of the arguments' dtype) — unless ``f`` refuses them traced (a float at a
                  ``nondiff_argnums`` position, a value checked in Python): then they are held.
 held             everything else: integer and boolean arrays (labels, masks), typed PRNG keys,
-                 Python ints and bools, callables, dtypes, strings, None.
+                 Python ints and bools, callables, dtypes, strings, None; and every leaf of
+                 an argument at a ``nondiff_argnums`` position of ``f`` itself (a
+                 ``custom_vjp``/``custom_jvp``), float arrays too: JAX never traces those.
 
 So a dict ``{"scale": 0.5, "name": "x"}`` has one differentiated leaf and one held one; the
 held ones are closed over, never traced.  ``Args.bind(fn)`` is ``fn`` as a function of the
@@ -87,6 +89,21 @@ def _is_python_number(x) -> bool:
     return isinstance(x, (float, complex)) and not isinstance(x, bool)
 
 
+def _nondiff_args(f, n_pos: int, kwargs) -> frozenset:
+    """Indexes (positional arguments, then keyword ones) of the arguments at the
+    ``nondiff_argnums`` positions of ``f``, a keyword one by its place in the signature."""
+    nondiff = set(getattr(f, "nondiff_argnums", None) or ())
+    if not nondiff:
+        return frozenset()
+    try:
+        params = list(inspect.signature(f).parameters)
+    except (TypeError, ValueError):
+        params = []
+    by_name = {n_pos + j for j, key in enumerate(kwargs)
+               if key in params and params.index(key) in nondiff}
+    return frozenset({k for k in range(n_pos) if k in nondiff} | by_name)
+
+
 def _diff_leaf(x) -> bool:
     if isinstance(x, (jax.Array, np.ndarray, np.generic)):
         return jnp.issubdtype(x.dtype, jnp.inexact)
@@ -103,21 +120,23 @@ class Args:
     dyn: tuple = ()                # one pytree per argument: its differentiated leaves
     labels: list = field(default_factory=list)
     held_floats: bool = False      # Python floats held (f refuses them traced)
+    held_args: frozenset = frozenset()   # arguments at f's nondiff_argnums: held whole
 
     @classmethod
     def of(cls, f, args, kwargs, hold_floats=False) -> Args:
         a = cls(tuple(args), dict(kwargs), _arg_names(f, len(args)) + list(kwargs))
         a.held_floats = hold_floats
-        arrays = [x for x in jax.tree_util.tree_leaves(a._all()) if _diff_leaf(x)
-                  and not _is_python_number(x)]
+        a.held_args = _nondiff_args(f, len(a.pos), a.kw)
+        arrays = [x for k, arg in enumerate(a._all()) for x in jax.tree_util.tree_leaves(arg)
+                  if a._differentiated(k, x) and not _is_python_number(x)]
         real = [_precision(x.dtype) for x in arrays]
         widest = max(real, key=lambda d: -float(jnp.finfo(d).eps)) if real else str(
             jnp.asarray(0.0).dtype)
         dyn = []
-        for arg in a._all():
+        for k, arg in enumerate(a._all()):
             leaves, tree = jax.tree_util.tree_flatten(arg)
-            dyn.append(tree.unflatten([a._as_array(x, widest) if a._differentiated(x) else None
-                                       for x in leaves]))
+            dyn.append(tree.unflatten([a._as_array(x, widest) if a._differentiated(k, x)
+                                       else None for x in leaves]))
         a.dyn = tuple(dyn)
         a.labels = [lab for d, n in zip(a.dyn, a.names, strict=True)
                     for lab in _leaf_labels(d, n)]
@@ -126,8 +145,10 @@ class Args:
     def _all(self) -> list:
         return [*self.pos, *self.kw.values()]
 
-    def _differentiated(self, x) -> bool:
-        return _diff_leaf(x) and not (self.held_floats and _is_python_number(x))
+    def _differentiated(self, k: int, x) -> bool:
+        """Whether leaf ``x`` of argument ``k`` is differentiated."""
+        return (k not in self.held_args and _diff_leaf(x)
+                and not (self.held_floats and _is_python_number(x)))
 
     @staticmethod
     def _as_array(x, real_dtype):
@@ -139,15 +160,16 @@ class Args:
 
     @property
     def has_python_floats(self) -> bool:
-        return any(_is_python_number(x) for x in jax.tree_util.tree_leaves(self._all()))
+        return any(_is_python_number(x) and self._differentiated(k, x)
+                   for k, arg in enumerate(self._all()) for x in jax.tree_util.tree_leaves(arg))
 
     @property
     def held(self) -> list:
         """Labels of the held leaves that look like data (for the report's notes)."""
         out = []
-        for arg, name in zip(self._all(), self.names, strict=True):
+        for k, (arg, name) in enumerate(zip(self._all(), self.names, strict=True)):
             for path, x in jax.tree_util.tree_flatten_with_path(arg)[0]:
-                if not self._differentiated(x) and (
+                if not self._differentiated(k, x) and (
                         isinstance(x, (jax.Array, np.ndarray)) or _is_python_number(x)):
                     out.append(name + jax.tree_util.keystr(path))
         return out
@@ -160,7 +182,7 @@ class Args:
             leaves, tree = jax.tree_util.tree_flatten(arg)
             it = iter(jax.tree_util.tree_leaves(part))
             full.append(tree.unflatten([
-                next(it) if self._differentiated(x) else
+                next(it) if self._differentiated(k, x) else
                 held(k, x) if held is not None and isinstance(x, (jax.Array, np.ndarray))
                 else x for x in leaves]))
         n = len(self.pos)

@@ -120,7 +120,8 @@ def check_vjp(f, *args, reference=None, checks=ALL_CHECKS, n_cotangents: int = 3
       f: a ``jax.custom_vjp`` function (any ``nondiff_argnums``, ``symbolic_zeros``), or any
         function that calls some (fbp's public ops).
       *args: its arguments.  Floating and complex leaves, and Python floats, are
-        differentiated, leaf by leaf; integer arrays, PRNG keys and anything else are held.
+        differentiated, leaf by leaf; integer arrays, PRNG keys and anything else are held,
+        and so is every argument at a ``nondiff_argnums`` position of ``f``.
       reference: a function with ``f``'s signature differentiated by JAX's own autodiff;
         default: ``f``'s own forward code with every custom rule replaced by its primal
         (the rules of JAX's own functions, ``jax.nn.softplus``, ``xlogy``, are kept).
