@@ -158,6 +158,29 @@ def test_a_rule_that_only_takes_batches_fails_the_per_example_check_with_the_rea
     assert fbp.check_vjp(make(bwd_2d_only), X, W).ok
 
 
+def test_an_f_that_needs_its_batch_axis_fails_the_per_example_check_alone():
+    """f itself cannot take one example (its labels are indexed by the batch): one vmap row
+    says so, and every other check keeps its rows."""
+    @jax.custom_vjp
+    def ce(logits, y):
+        return (jax.nn.logsumexp(logits, -1)
+                - jnp.take_along_axis(logits, y[:, None], -1)[:, 0])
+
+    def ce_bwd(res, g):
+        logits, y = res
+        one_hot = jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype)
+        return g[:, None] * (jax.nn.softmax(logits) - one_hot), None
+
+    ce.defvjp(lambda logits, y: (ce(logits, y), (logits, y)), ce_bwd)
+    logits, y = X[:, :2], jnp.array([0, 1, 1])
+    report = fbp.check_vjp(ce, logits, y, batch_argnums=(0, 1))
+    (row,) = report.failures
+    assert (row.check, row.arg) == ("vmap", "(all) [per example]")
+    assert "single example" in row.hints[0] and "IndexError" in row.hints[0]
+    assert "leave out batch_argnums" in row.hints[0]
+    assert {r.check for r in report.rows if r.status == "ok"} == set(ALL_CHECKS)
+
+
 def test_bad_calls_say_what_is_wrong():
     with pytest.raises(ValueError, match="checks"):
         fbp.check_vjp(fbp.tanh, X, checks=("autodif",))

@@ -51,6 +51,7 @@ from fbp.check.tasks import (
     stack,
 )
 from fbp.check.transforms import (
+    PER_EXAMPLE_WHY,
     alone_task,
     batch_candidates,
     jit_task,
@@ -258,7 +259,13 @@ def _checks(f, a: Args, reference, checks, intent, notes, o) -> list:
                     "per-example vmap check skipped: the batch_argnums arguments share no "
                     "leading batch size ≥ 2"]))
             else:
-                tasks.append(per_example_task(f, a, cand, labels, exact, rng))
+                try:
+                    tasks.append(per_example_task(f, a, cand, labels, exact, rng))
+                except Exception as err:  # noqa: BLE001 — f needs its batch axis: one row
+                    rows.append(Row("vmap", "(all) [per example]", "FAIL", hints=[
+                        PER_EXAMPLE_WHY + "f itself raises " + _short(err) + "; if f needs "
+                        "its batch axis, leave out batch_argnums (the vmap check over a new "
+                        "axis of draws needs none)"]))
     narrowed = [lab for lab, p, c in zip(labels, jax.tree_util.tree_leaves(dyn), eager,
                                          strict=True)
                 if c is not None and c.dtype != _dtype(p)]

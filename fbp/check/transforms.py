@@ -102,7 +102,13 @@ def batch_candidates(args, batch_argnums):
     return cand, next(iter(sizes))
 
 
+PER_EXAMPLE_WHY = ("the VJP fails on a single example (axis 0 of the batch_argnums arguments "
+                   "taken away): ")
+
+
 def per_example_task(f, args, cand, labels, tol, rng) -> Task:
+    """The per-example vmap check; raises at once where ``f`` cannot even be traced on a
+    single example (its output's shape is needed to draw the cotangents)."""
     batched, m = cand
     at = _example(args, f, batched, False)
     g0, take0 = at(0)
@@ -123,9 +129,7 @@ def per_example_task(f, args, cand, labels, tol, rng) -> Task:
     def post(res):
         return _compare("vmap", [lab + " [per example]" for lab in labels], _leaves(res[1]),
                         _leaves(res[0]), tol, ref="a loop")
-    return Task("vmap", both, (args.dyn, us), post, why=(
-        "the VJP fails on a single example (axis 0 of the batch_argnums arguments taken "
-        "away): "))
+    return Task("vmap", both, (args.dyn, us), post, why=PER_EXAMPLE_WHY)
 
 
 def alone_task(f, ref, args, cand, labels, tol, rng, alone: list) -> Task:
