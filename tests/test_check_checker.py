@@ -188,6 +188,27 @@ def test_bad_calls_say_what_is_wrong():
         fbp.check_vjp(lambda n, s: jnp.ones(n), 3, "a string")
 
 
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"f": 3.0}, TypeError, r"f must be a function .* got float 3.0\.  Pass the function"),
+    ({"reference": 3}, TypeError, r"reference must be a function .* got int 3\."),
+    ({"checks": ()}, ValueError, "checks is empty, so nothing would be checked"),
+    ({"checks": 3}, TypeError, r"checks must be a tuple of names .* got int 3\."),
+    ({"w": np.array([0.5, -1.0, 2.0, 0.1], dtype=object)}, TypeError,
+     r"w is a NumPy array of dtype object; .* np.asarray\(w, dtype=np.float64\)"),
+])
+def test_bad_arguments_of_check_vjp_itself_raise_before_anything_runs(kwargs, error, match):
+    call = {"f": make(scale_bwd_right), "x": X, "w": W, **kwargs}
+    f, x, w = call.pop("f"), call.pop("x"), call.pop("w")
+    with pytest.raises(error, match=match):
+        fbp.check_vjp(f, x, w, **call)
+
+
+def test_one_check_can_be_named_alone():
+    report = fbp.check_vjp(make(scale_bwd_sign), X, W, checks="autodiff")
+    assert {(r.check, r.arg) for r in report.rows} == {("autodiff", "x"), ("autodiff", "w")}
+    assert {r.arg for r in report.failures} == {"w"}
+
+
 # ── the hints, on arrays alone ──
 
 A = np.random.default_rng(2).standard_normal((4, 3))

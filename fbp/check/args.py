@@ -127,6 +127,14 @@ class Args:
         a = cls(tuple(args), dict(kwargs), _arg_names(f, len(args)) + list(kwargs))
         a.held_floats = hold_floats
         a.held_args = _nondiff_args(f, len(a.pos), a.kw)
+        for arg, name in zip(a._all(), a.names, strict=True):
+            for lab, x in zip(_leaf_labels(arg, name), jax.tree_util.tree_leaves(arg),
+                              strict=True):
+                if isinstance(x, np.ndarray) and x.dtype == np.dtype(object):
+                    raise TypeError(
+                        f"{lab} is a NumPy array of dtype object; check_vjp needs numeric "
+                        "arrays (floating ones to differentiate).  Convert it, e.g. "
+                        f"np.asarray({lab}, dtype=np.float64).")
         arrays = [x for k, arg in enumerate(a._all()) for x in jax.tree_util.tree_leaves(arg)
                   if a._differentiated(k, x) and not _is_python_number(x)]
         real = [_precision(x.dtype) for x in arrays]

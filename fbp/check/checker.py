@@ -126,7 +126,7 @@ def check_vjp(f, *args, reference=None, checks=ALL_CHECKS, n_cotangents: int = 3
       reference: a function with ``f``'s signature differentiated by JAX's own autodiff;
         default: ``f``'s own forward code with every custom rule replaced by its primal
         (the rules of JAX's own functions, ``jax.nn.softplus``, ``xlogy``, are kept).
-      checks: a subset of ``ALL_CHECKS``.
+      checks: a non-empty subset of ``ALL_CHECKS`` (a tuple, or one name alone).
       n_cotangents: random cotangents for the autodiff check (the worst one is reported).
       rtol, atol: tolerances against exact derivatives (autodiff, jacobian, jit, vmap);
         fd_rtol, fd_atol: against finite differences.  Default: ``TOLERANCES[dtype]``, of
@@ -148,10 +148,20 @@ def check_vjp(f, *args, reference=None, checks=ALL_CHECKS, n_cotangents: int = 3
       n_draws: draws stacked on the new axis of the vmap check.
     Returns:
       a ``VJPReport``: ``.ok``, ``.rows``, ``.failures``, ``.skipped``, ``.info``, ``str()``.
+    Raises:
+      TypeError, ValueError: at once, for a bad call of ``check_vjp`` itself (an ``f`` or
+        ``reference`` that is not a function, unknown or no ``checks``, an array of dtype
+        object); never for the rule.
     """
-    unknown = set(checks) - set(ALL_CHECKS)
-    if unknown:
-        raise ValueError(f"checks must be among {ALL_CHECKS}; got {sorted(unknown)}.")
+    checks = _checks_asked(checks)
+    if not callable(f):
+        raise TypeError("f must be a function (a jax.custom_vjp, or any function calling "
+                        f"some); got {type(f).__name__} {repr(f)[:80]}.  Pass the function "
+                        "itself: check_vjp(my_op, x), not check_vjp(my_op(x), x).")
+    if reference is not None and not callable(reference):
+        raise TypeError("reference must be a function with f's signature, or None for the "
+                        f"default; got {type(reference).__name__} {repr(reference)[:80]}.  "
+                        "Pass e.g. reference=lambda x: jnp.tanh(x).")
     if rule not in INTENTS:
         raise ValueError(f"rule must be one of {INTENTS}; got {rule!r}.")
     name = name or getattr(f, "__name__", type(f).__name__)
@@ -170,6 +180,24 @@ def check_vjp(f, *args, reference=None, checks=ALL_CHECKS, n_cotangents: int = 3
     if raise_on_fail and not report.ok:
         raise VJPCheckError("\n" + str(report))
     return report
+
+
+def _checks_asked(checks) -> tuple:
+    """``checks`` as a tuple of names: one name alone is a tuple of one."""
+    if isinstance(checks, str):
+        checks = (checks,)
+    try:
+        checks = tuple(checks)
+    except TypeError:
+        raise TypeError(f"checks must be a tuple of names from {ALL_CHECKS}; got "
+                        f"{type(checks).__name__} {repr(checks)[:80]}.") from None
+    unknown = [c for c in checks if c not in ALL_CHECKS]
+    if unknown:
+        raise ValueError(f"checks must be among {ALL_CHECKS}; got {unknown}.")
+    if not checks:
+        raise ValueError("checks is empty, so nothing would be checked: leave it out for "
+                         "every check, or name some of ALL_CHECKS, e.g. checks=('autodiff',).")
+    return checks
 
 
 def _prepare(f, args, kwargs) -> Args:
