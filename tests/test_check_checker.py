@@ -203,6 +203,17 @@ def test_bad_arguments_of_check_vjp_itself_raise_before_anything_runs(kwargs, er
         fbp.check_vjp(f, x, w, **call)
 
 
+@pytest.mark.parametrize("reference, returns", [
+    (lambda x, w: (scale_fn(x, w),), r"\(float64\[3, 4\],\)"),
+    (lambda x, w: scale_fn(x, w).sum(), r"float64\[\]"),
+    (lambda x, w: scale_fn(x, w).astype(jnp.float32), r"float32\[3, 4\]"),
+])
+def test_a_reference_that_returns_other_outputs_than_f_is_a_clear_error(reference, returns):
+    with pytest.raises(ValueError, match=r"reference must return what f returns: f returns "
+                                         r"float64\[3, 4\], reference returns " + returns):
+        fbp.check_vjp(make(scale_bwd_right), X, W, reference=reference)
+
+
 def test_one_check_can_be_named_alone():
     report = fbp.check_vjp(make(scale_bwd_sign), X, W, checks="autodiff")
     assert {(r.check, r.arg) for r in report.rows} == {("autodiff", "x"), ("autodiff", "w")}

@@ -123,7 +123,8 @@ def check_vjp(f, *args, reference=None, checks=ALL_CHECKS, n_cotangents: int = 3
       *args: its arguments.  Floating and complex leaves, and Python floats, are
         differentiated, leaf by leaf; integer arrays, PRNG keys and anything else are held,
         and so is every argument at a ``nondiff_argnums`` position of ``f``.
-      reference: a function with ``f``'s signature differentiated by JAX's own autodiff;
+      reference: a function with ``f``'s signature differentiated by JAX's own autodiff,
+        returning what ``f`` returns (pytree, shapes, dtypes);
         default: ``f``'s own forward code with every custom rule replaced by its primal
         (the rules of JAX's own functions, ``jax.nn.softplus``, ``xlogy``, are kept).
       checks: a non-empty subset of ``ALL_CHECKS`` (a tuple, or one name alone).
@@ -150,8 +151,8 @@ def check_vjp(f, *args, reference=None, checks=ALL_CHECKS, n_cotangents: int = 3
       a ``VJPReport``: ``.ok``, ``.rows``, ``.failures``, ``.skipped``, ``.info``, ``str()``.
     Raises:
       TypeError, ValueError: at once, for a bad call of ``check_vjp`` itself (an ``f`` or
-        ``reference`` that is not a function, unknown or no ``checks``, an array of dtype
-        object); never for the rule.
+        ``reference`` that is not a function, a reference returning other outputs than
+        ``f``, unknown or no ``checks``, an array of dtype object); never for the rule.
     """
     checks = _checks_asked(checks)
     if not callable(f):
@@ -166,6 +167,8 @@ def check_vjp(f, *args, reference=None, checks=ALL_CHECKS, n_cotangents: int = 3
         raise ValueError(f"rule must be one of {INTENTS}; got {rule!r}.")
     name = name or getattr(f, "__name__", type(f).__name__)
     a = _prepare(f, args, f_kwargs or {})
+    if reference is not None:
+        _same_outputs(f, reference, a)
     notes = [a.note] if a.note else []
     rows = []
     try:
@@ -198,6 +201,23 @@ def _checks_asked(checks) -> tuple:
         raise ValueError("checks is empty, so nothing would be checked: leave it out for "
                          "every check, or name some of ALL_CHECKS, e.g. checks=('autodiff',).")
     return checks
+
+
+def _same_outputs(f, reference, a: Args) -> None:
+    """A given reference returns what ``f`` returns: the pytree, shapes and dtypes."""
+    try:
+        want, got = (jax.eval_shape(a.bind(fn), *a.dyn) for fn in (f, reference))
+    except Exception:  # noqa: BLE001 — f or the reference runs eagerly only: the checks tell
+        return
+
+    def spec(tree):
+        return str(jax.tree_util.tree_map(lambda x: f"{x.dtype}{list(x.shape)}", tree)
+                   ).replace("'", "")
+    if spec(want) != spec(got) or (jax.tree_util.tree_structure(want)
+                                   != jax.tree_util.tree_structure(got)):
+        raise ValueError(f"reference must return what f returns: f returns {spec(want)}, "
+                         f"reference returns {spec(got)} at these arguments.  Make reference "
+                         "compute f's outputs, in the same pytree, shapes and dtypes.")
 
 
 def _prepare(f, args, kwargs) -> Args:
