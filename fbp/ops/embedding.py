@@ -7,13 +7,13 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from fbp._validate import float_array, indices_in_range, integer_array
+from fbp._validate import float_array, indices_in_range, integer_array, wide_indices
 
 
 def _past_the_end(ids, vocab):
     """ids with every negative one moved past the end: −1 is outside [0, vocab) as the check
     of concrete ids says, not the last row (NumPy's wrap-around, which jnp.take follows)."""
-    ids = ids.astype(jnp.promote_types(ids.dtype, jnp.int32))       # room for vocab itself
+    ids = wide_indices(ids)                                          # room for vocab itself
     return jnp.where(ids < 0, vocab, ids)
 
 
