@@ -167,3 +167,40 @@ def test_bad_input_is_refused(fn, args, kwargs, exc, match):
 def test_flash_refuses_a_bad_block_size(block_size):
     with pytest.raises(ValueError, match=r"block_size must be a positive int.*block_size=128"):
         flash_attention(_GOOD["q"], _GOOD["k"], _GOOD["v"], block_size=block_size)
+
+
+def test_traced_scale_is_refused_with_the_fix():
+    q = jnp.ones((2, 5, 4))
+    for fn in (attention, flash_attention):
+        with pytest.raises(TypeError, match=r"scale must be a concrete number.*q \* s, k, v"):
+            jax.jit(lambda s, fn=fn: fn(q, q, q, scale=s))(0.5)
+
+
+def test_flash_takes_a_numpy_int_block_size():
+    q, k, v = _qkv(7, 7)(jax.random.key(3), (2,))
+    want = flash_attention(q, k, v, causal=True, block_size=3)
+    got = flash_attention(q, k, v, causal=True, block_size=np.int64(3))
+    assert np.array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("fn", [attention, partial(flash_attention, block_size=3)],
+                         ids=["attention", "flash"])
+def test_low_precision_scores_do_not_overflow(fn, dtype):
+    """|q·k| reaches ~9·10⁴ here (float16 holds up to 65,504 and its scores overflowed to inf,
+    then NaN): output and gradients match float64 autodiff of the reference, taken at the same
+    rounded inputs, to the dtype's rounding."""
+    q, k, v = _qkv(6, 6, d=8)(jax.random.key(5), (2,))
+    q, k, v = (q * 120).astype(dtype), (k * 120).astype(dtype), v.astype(dtype)
+    g = jax.random.normal(jax.random.key(6), (2, 6, 3)).astype(dtype)
+    out, pull = jax.vjp(lambda q, k, v: fn(q, k, v, causal=True), q, k, v)
+    want, pull_ref = jax.vjp(lambda q, k, v: ref_attention(q, k, v, causal=True),
+                             *(a.astype(F64) for a in (q, k, v)))
+    assert float(jnp.max(jnp.abs(q.astype(F64) @ jnp.swapaxes(k.astype(F64), -1, -2)))) > 7e4
+    tol = 8 * float(jnp.finfo(dtype).eps)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(np.asarray(out, np.float64), want, atol=tol * 4, rtol=tol)
+    for got, ref in zip(pull(g), pull_ref(g.astype(F64))):
+        assert got.dtype == dtype
+        scale = float(jnp.max(jnp.abs(ref))) + 1e-30
+        assert float(jnp.max(jnp.abs(got.astype(F64) - ref))) <= 4 * tol * scale

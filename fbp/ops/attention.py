@@ -16,7 +16,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from fbp._validate import finite_scalar, float_array, same_dtype
+from fbp._validate import finite_scalar, float_array, is_concrete, same_dtype
+from fbp.ops._scale import _acc
 from fbp.ops.activations import softmax_vjp
 
 
@@ -81,8 +82,26 @@ def validate_attention(q, k, v, causal, scale):
             f"causal=True lets query i see keys j ≤ i of the same sequence, so it needs T = S; "
             f"got q with T = {q.shape[-2]} and k with S = {k.shape[-2]}. Use causal=False "
             f"for cross-attention.")
+    if not is_concrete(scale):
+        raise TypeError(
+            "scale must be a concrete number (the rule treats it as a constant); got a traced "
+            f"value {scale!r}. For a learned or traced temperature s, scale the queries "
+            "instead: attention(q * s, k, v, scale=1.0).")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else finite_scalar(scale, "scale")
     return q, k, v, scale, causal
+
+
+def in_wide_dtype(op, q, k, v, *args):
+    """``op(q, k, v, *args)`` computed in float32 or wider, returned in q's dtype.
+
+    In float16 the scores q·k overflow from 65,504 (|q|, |k| ≈ 100 at d = 8 is enough) and
+    the softmax's sums lose digits: float16 and bfloat16 inputs are widened, as
+    ``jax.nn.dot_product_attention`` takes its logits in float32.  float32 and float64 pass
+    through unchanged."""
+    acc = _acc(q.dtype)
+    if acc == q.dtype:
+        return op(q, k, v, *args)
+    return op(q.astype(acc), k.astype(acc), v.astype(acc), *args).astype(q.dtype)
 
 
 def attention(q, k, v, *, causal: bool = False, scale: float | None = None):
@@ -106,7 +125,8 @@ def attention(q, k, v, *, causal: bool = False, scale: float | None = None):
       causal: mask keys after each query (needs T = S).
       scale: the factor on q kᵀ; default 1/√d.
     Returns:
-      O of shape ``(..., T, d_v)``.
+      O of shape ``(..., T, d_v)``, in q's dtype (float16 and bfloat16 are computed in
+      float32).
     """
     q, k, v, scale, causal = validate_attention(q, k, v, causal, scale)
-    return _attention(q, k, v, scale, causal)
+    return in_wide_dtype(_attention, q, k, v, scale, causal)

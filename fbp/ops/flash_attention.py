@@ -22,9 +22,10 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from fbp.ops.attention import validate_attention
+from fbp.ops.attention import in_wide_dtype, validate_attention
 
 
 def _pad_rows(x, n_rows):
@@ -174,9 +175,11 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
       block_size: rows per query block and per key block, a positive int; it need not divide
         T or S (the last block is padded and masked).
     Returns:
-      O of shape ``(..., T, d_v)``.
+      O of shape ``(..., T, d_v)``, in q's dtype (float16 and bfloat16 are computed in
+      float32).
     """
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+    if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)) \
+            or block_size < 1:
         raise ValueError(f"block_size must be a positive int (rows per block); got "
                          f"{block_size!r}. Use e.g. block_size=128.")
     q, k, v, scale, causal = validate_attention(q, k, v, causal, scale)
@@ -184,7 +187,7 @@ def flash_attention(q, k, v, *, causal: bool = False, scale: float | None = None
     B = math.prod(lead)
     if B == 0 or T == 0:
         return jnp.zeros((*lead, T, dv), q.dtype)
-    size = min(block_size, max(T, S))
-    o = _flash_attention(q.reshape(B, T, d), k.reshape(B, S, d), v.reshape(B, S, dv),
-                         scale, causal, size)
+    size = min(int(block_size), max(T, S))
+    o = in_wide_dtype(_flash_attention, q.reshape(B, T, d), k.reshape(B, S, d),
+                      v.reshape(B, S, dv), scale, causal, size)
     return o.reshape(*lead, T, dv)
