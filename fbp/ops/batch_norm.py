@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from fbp._validate import finite_scalar, float_array, in_range, positive_int, same_dtype
+from fbp.ops._scale import _acc
 
 
 class BatchNormParams(NamedTuple):
@@ -54,40 +55,62 @@ def _check_width(n, dtype):
 
 def _normalise_vjp(x_hat, inv_sigma, x_hat_bar, axis):
     r"""x̄ = (1/σ)(x̂̄ − mean(x̂̄) − x̂ ⊙ mean(x̂̄ ⊙ x̂)), the means over ``axis``: the VJP of
-    x̂ = (x − μ)/σ with μ and σ² = mean((x − μ)²) + ε taken over that same axis."""
+    x̂ = (x − μ)/σ with μ and σ² = mean((x − μ)²) + ε taken over that same axis.  Computed in
+    the dtype of ``inv_sigma`` (``_standardise``'s float32 or wider); the caller casts back."""
+    acc = inv_sigma.dtype
+    x_hat, x_hat_bar = x_hat.astype(acc), x_hat_bar.astype(acc)
     mean = partial(jnp.mean, axis=axis, keepdims=True)
     return inv_sigma * (x_hat_bar - mean(x_hat_bar) - x_hat * mean(x_hat_bar * x_hat))
 
 
-def _moments(x2):
-    """Per-column mean and biased variance of a 2-D ``(m, n)`` array (two passes, stable)."""
-    mu = jnp.mean(x2, axis=0, keepdims=True)
-    return mu, jnp.mean((x2 - mu) ** 2, axis=0, keepdims=True)
+def _moments(x, axis=0):
+    """Mean and biased variance over ``axis`` (two passes, stable), in float32 or wider
+    (``_acc``): in float16 (x − μ)² is inf from |x − μ| ≈ 256 on (256² > 65,504), which
+    would make σ = inf and x̂ = 0 although x̂ itself is perfectly representable."""
+    x = x.astype(_acc(x.dtype))
+    mu = jnp.mean(x, axis=axis, keepdims=True)
+    return mu, jnp.mean((x - mu) ** 2, axis=axis, keepdims=True)
+
+
+def _standardise(x, axis, eps):
+    """``(x̂, 1/σ)`` over ``axis``, both in ``_moments``' float32 or wider."""
+    mu, var = _moments(x, axis)
+    inv_sigma = 1 / jnp.sqrt(var + eps)
+    return (x.astype(mu.dtype) - mu) * inv_sigma, inv_sigma
+
+
+def _affine_bars(x_hat, g, axis):
+    """``(γ̄, β̄) = (Σ ḡ ⊙ x̂, Σ ḡ)`` over ``axis``, summed in float32 or wider."""
+    acc = _acc(g.dtype)
+    g = g.astype(acc)
+    return jnp.sum(g * x_hat.astype(acc), axis=axis), jnp.sum(g, axis=axis)
 
 
 # ── batch_norm, training mode: batch statistics ──
+# x̂ and y are computed in float32 or wider and cast to x's dtype; x̂ is saved in x's dtype
+# (the memory the docstring states), 1/σ in the wider one (n values).
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _batch_norm_train(params, x2, eps):
     gamma, beta = params
-    mu, var = _moments(x2)
-    return gamma[None] * ((x2 - mu) / jnp.sqrt(var + eps)) + beta[None]
+    x_hat, _ = _standardise(x2, 0, eps)
+    return (gamma[None] * x_hat + beta[None]).astype(x2.dtype)
 
 
 def _batch_norm_train_fwd(params, x2, eps):
     gamma, beta = params
-    mu, var = _moments(x2)
-    inv_sigma = 1 / jnp.sqrt(var + eps)                  # (1, n)
-    x_hat = (x2 - mu) * inv_sigma                        # (m, n)
-    return gamma[None] * x_hat + beta[None], (x_hat, inv_sigma, gamma)
+    x_hat, inv_sigma = _standardise(x2, 0, eps)          # (m, n), (1, n)
+    y = (gamma[None] * x_hat + beta[None]).astype(x2.dtype)
+    return y, (x_hat.astype(x2.dtype), inv_sigma, gamma)
 
 
 def _batch_norm_train_bwd(eps, res, g):
     x_hat, inv_sigma, gamma = res
-    gamma_bar = jnp.sum(g * x_hat, axis=0)               # Σ ḡ ⊙ x̂
-    beta_bar = jnp.sum(g, axis=0)                        # Σ ḡ
+    gamma_bar, beta_bar = _affine_bars(x_hat, g, 0)      # Σ ḡ ⊙ x̂,  Σ ḡ
     x_bar = _normalise_vjp(x_hat, inv_sigma, g * gamma[None], axis=0)
-    return BatchNormParams(gamma_bar, beta_bar), x_bar
+    dtype = g.dtype
+    return (BatchNormParams(gamma_bar.astype(dtype), beta_bar.astype(dtype)),
+            x_bar.astype(dtype))
 
 
 _batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
@@ -246,6 +269,6 @@ def batch_norm(params: BatchNormParams, x, state: BatchNormState | None = None, 
     mu, v = _moments(jax.lax.stop_gradient(x2))
     if unbiased_var:
         v = v * (m / (m - 1))
-    new_state = BatchNormState(momentum * mean + (1 - momentum) * mu[0],
-                               momentum * var + (1 - momentum) * v[0])
+    new_state = BatchNormState((momentum * mean + (1 - momentum) * mu[0]).astype(x.dtype),
+                               (momentum * var + (1 - momentum) * v[0]).astype(x.dtype))
     return y.reshape(x.shape), new_state

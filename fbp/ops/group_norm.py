@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from fbp._validate import finite_scalar, float_array, same_dtype
-from fbp.ops.norms import _normalise_vjp
+from fbp.ops.batch_norm import _affine_bars, _normalise_vjp, _standardise
 
 
 class GroupNormParams(NamedTuple):
@@ -48,34 +48,32 @@ def _channel(v, groups):
     return v.reshape(1, 1, groups, -1)
 
 
-def _standardise(xg, eps):
-    mu = jnp.mean(xg, axis=_AXES, keepdims=True)
-    inv_sigma = 1 / jnp.sqrt(jnp.mean((xg - mu) ** 2, axis=_AXES, keepdims=True) + eps)
-    return (xg - mu) * inv_sigma, inv_sigma                       # (N, HW, G, C/G), (N,1,G,1)
-
+# x̂ and y in float32 or wider (batch norm's _standardise), cast to x's dtype; x̂ saved in it.
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _group_norm(params, x, groups, eps):
     gamma, beta = params
-    x_hat, _ = _standardise(_grouped(x, groups), eps)
+    x_hat, _ = _standardise(_grouped(x, groups), _AXES, eps)
     y = _channel(gamma, groups) * x_hat + _channel(beta, groups)
-    return y.reshape(x.shape)
+    return y.reshape(x.shape).astype(x.dtype)
 
 
 def _group_norm_fwd(params, x, groups, eps):
     gamma, beta = params
-    x_hat, inv_sigma = _standardise(_grouped(x, groups), eps)
+    x_hat, inv_sigma = _standardise(_grouped(x, groups), _AXES, eps)  # (N,HW,G,C/G), (N,1,G,1)
     y = _channel(gamma, groups) * x_hat + _channel(beta, groups)
-    return y.reshape(x.shape), (x_hat, inv_sigma, gamma)
+    return y.reshape(x.shape).astype(x.dtype), (x_hat.astype(x.dtype), inv_sigma, gamma)
 
 
 def _group_norm_bwd(groups, eps, res, g):
     x_hat, inv_sigma, gamma = res
     gg = g.reshape(x_hat.shape)
-    gamma_bar = jnp.sum(gg * x_hat, axis=(0, 1)).reshape(-1)     # Σ ḡ ⊙ x̂ per channel
-    beta_bar = jnp.sum(gg, axis=(0, 1)).reshape(-1)              # Σ ḡ per channel
+    gamma_bar, beta_bar = _affine_bars(x_hat, gg, (0, 1))         # Σ ḡ ⊙ x̂, Σ ḡ per channel
     x_bar = _normalise_vjp(x_hat, inv_sigma, gg * _channel(gamma, groups), axis=_AXES)
-    return GroupNormParams(gamma_bar, beta_bar), x_bar.reshape(g.shape)
+    dtype = g.dtype
+    return (GroupNormParams(gamma_bar.reshape(-1).astype(dtype),
+                            beta_bar.reshape(-1).astype(dtype)),
+            x_bar.reshape(g.shape).astype(dtype))
 
 
 _group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)

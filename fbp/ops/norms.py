@@ -19,12 +19,14 @@ from fbp._validate import finite_scalar, float_array
 from fbp.ops.batch_norm import (  # noqa: F401  (re-exported: fbp.norms.batch_norm …)
     BatchNormParams,
     BatchNormState,
+    _affine_bars,
     _batch_norm_eval,
     _batch_norm_train,
     _check_norm_params,
     _check_width,
     _moments,
     _normalise_vjp,
+    _standardise,
     batch_norm,
     init_batch_norm,
 )
@@ -49,26 +51,24 @@ def init_layer_norm(n: int, dtype=None) -> LayerNormParams:
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _layer_norm(params, x, eps):
     gamma, beta = params
-    mu = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean((x - mu) ** 2, axis=-1, keepdims=True)
-    return _row(gamma, x) * ((x - mu) / jnp.sqrt(var + eps)) + _row(beta, x)
+    x_hat, _ = _standardise(x, -1, eps)                  # in float32 or wider
+    return (_row(gamma, x) * x_hat + _row(beta, x)).astype(x.dtype)
 
 
 def _layer_norm_fwd(params, x, eps):
     gamma, beta = params
-    mu = jnp.mean(x, axis=-1, keepdims=True)
-    inv_sigma = 1 / jnp.sqrt(jnp.mean((x - mu) ** 2, axis=-1, keepdims=True) + eps)  # (..., 1)
-    x_hat = (x - mu) * inv_sigma
-    return _row(gamma, x) * x_hat + _row(beta, x), (x_hat, inv_sigma, gamma)
+    x_hat, inv_sigma = _standardise(x, -1, eps)          # (..., n), (..., 1)
+    y = (_row(gamma, x) * x_hat + _row(beta, x)).astype(x.dtype)
+    return y, (x_hat.astype(x.dtype), inv_sigma, gamma)
 
 
 def _layer_norm_bwd(eps, res, g):
     x_hat, inv_sigma, gamma = res
     n = x_hat.shape[-1]
-    gamma_bar = jnp.sum((g * x_hat).reshape(-1, n), axis=0)   # Σ over examples of ḡ ⊙ x̂
-    beta_bar = jnp.sum(g.reshape(-1, n), axis=0)              # Σ over examples of ḡ
+    gamma_bar, beta_bar = _affine_bars(x_hat.reshape(-1, n), g.reshape(-1, n), 0)  # Σ_examples
     x_bar = _normalise_vjp(x_hat, inv_sigma, g * _row(gamma, g), axis=-1)
-    return LayerNormParams(gamma_bar, beta_bar), x_bar
+    dtype = g.dtype
+    return LayerNormParams(gamma_bar.astype(dtype), beta_bar.astype(dtype)), x_bar.astype(dtype)
 
 
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)

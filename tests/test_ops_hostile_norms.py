@@ -1,0 +1,66 @@
+"""batch_norm, layer_norm and group_norm at the edges: half precision, empty batches, NumPy ints.
+
+The references are plain ``jnp`` (``tests.test_ops_norms``, ``fbp.check.op_cases_conv``);
+in half precision they run in float32 and their results are cast to the input's dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fbp
+from fbp.check.op_cases_conv import ref_group_norm
+from tests._proof import vjp
+from tests.test_ops_norms import ref_batch_norm, ref_layer_norm
+
+F32 = jnp.float32
+
+# (name, fbp op, plain-jnp reference, params maker, x shape)
+NORMS = [
+    ("batch_norm", lambda p, x: fbp.batch_norm(p, x)[0], ref_batch_norm, fbp.BatchNormParams,
+     (64, 5)),
+    ("layer_norm", fbp.layer_norm, ref_layer_norm, fbp.LayerNormParams, (8, 33)),
+    ("group_norm", lambda p, x: fbp.group_norm(p, x, 2), lambda p, x: ref_group_norm(p, x, 2),
+     fbp.GroupNormParams, (3, 4, 4, 6)),
+]
+
+
+def _half_args(cls, shape, dtype, key):
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    n = shape[-1]
+    params = cls((1 + 0.5 * jax.random.normal(k1, (n,), F32)).astype(dtype),
+                 jax.random.normal(k2, (n,), F32).astype(dtype))
+    x = (300 * jax.random.normal(k3, shape, F32)).astype(dtype)   # (x − μ)² > 65,504 often
+    g = jax.random.normal(k4, shape, F32).astype(dtype)
+    return params, x, g
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("name, f, ref, cls, shape", NORMS, ids=[c[0] for c in NORMS])
+def test_half_precision_inputs_of_magnitude_300_normalise_like_float32(name, f, ref, cls,
+                                                                      shape, dtype):
+    """Before, float16 took (x − μ)² in float16: inf above 256², so σ = inf and y = β, x̄ = 0."""
+    params, x, g = _half_args(cls, shape, dtype, jax.random.PRNGKey(0))
+    up = lambda t: jax.tree.map(lambda a: a.astype(F32), t)  # noqa: E731
+    y, bars = f(params, x), vjp(f, (params, x), g)
+    y_ref, bars_ref = ref(up(params), up(x)), vjp(ref, up((params, x)), up(g))
+    tol = 2 * float(jnp.finfo(dtype).eps)          # 2 ulps of 1 (of the largest entry)
+    for ours, theirs in zip(jax.tree.leaves((y, bars)), jax.tree.leaves((y_ref, bars_ref)),
+                            strict=True):
+        assert ours.dtype == dtype and bool(jnp.all(jnp.isfinite(ours)))
+        theirs = np.asarray(theirs.astype(dtype), np.float64)
+        np.testing.assert_allclose(np.asarray(ours, np.float64), theirs, rtol=tol,
+                                   atol=tol * np.max(np.abs(theirs)))
+
+
+def test_batch_norm_float16_running_state_stays_float16():
+    params, state = fbp.init_batch_norm(5, jnp.float16)
+    x = (10 * jax.random.normal(jax.random.PRNGKey(1), (64, 5), F32)).astype(jnp.float16)
+    _, new = fbp.batch_norm(params, x, state, momentum=0.0)
+    assert new.mean.dtype == new.var.dtype == jnp.float16
+    x32 = np.asarray(x, np.float64)
+    np.testing.assert_allclose(np.asarray(new.var, np.float64), x32.var(axis=0), rtol=2e-3)
+    np.testing.assert_allclose(np.asarray(new.mean, np.float64), x32.mean(axis=0), atol=2e-2)
