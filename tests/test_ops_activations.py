@@ -93,3 +93,44 @@ def test_naive_textbook_forms_fail_where_fbp_does_not():
 def test_bad_input_is_a_clear_error(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ── second order: forward-over-reverse runs through every rule ──
+
+def _gelu_tanh_ref(z):
+    return 0.5 * z * (1 + jnp.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
+
+
+# (fbp activation, a plain-jnp reference): jax.hessian is jacfwd of jacrev, so it needs the
+# rule's fwd and bwd to be plain JAX (a fwd that calls the custom_vjp again has no JVP).
+SECOND_ORDER = [
+    ("sigmoid", fbp.sigmoid, jax.nn.sigmoid),
+    ("tanh", fbp.tanh, jnp.tanh),
+    ("relu", fbp.relu, lambda z: jnp.maximum(z, 0)),
+    ("leaky_relu", fbp.leaky_relu, lambda z: jnp.where(z > 0, z, 0.01 * z)),
+    ("gelu", fbp.gelu, lambda z: jax.nn.gelu(z, approximate=False)),
+    ("gelu_tanh", lambda z: fbp.gelu(z, approximate=True), _gelu_tanh_ref),
+    ("softmax", fbp.softmax, jax.nn.softmax),
+]
+
+
+@pytest.mark.parametrize("name, f, ref", SECOND_ORDER, ids=[c[0] for c in SECOND_ORDER])
+def test_hessian_and_hvp_equal_those_of_a_plain_jnp_reference(name, f, ref):
+    z = jnp.array([-2.5, -0.7, 0.3, 1.1, 3.0])
+    w = jnp.array([0.5, -1.0, 2.0, 1.5, -0.3])       # softmax: a weighted sum, not Σ s = 1
+    v = jnp.array([1.0, -2.0, 0.5, 0.25, 3.0])
+    loss = lambda z: jnp.sum(w * f(z))  # noqa: E731
+    loss_ref = lambda z: jnp.sum(w * ref(z))  # noqa: E731
+    np.testing.assert_allclose(jax.hessian(loss)(z), jax.hessian(loss_ref)(z), rtol=1e-12,
+                               atol=1e-14)
+    hvp = jax.jvp(jax.grad(loss), (z,), (v,))[1]
+    np.testing.assert_allclose(hvp, jax.hessian(loss_ref)(z) @ v, rtol=1e-12, atol=1e-14)
+
+
+def test_gelu_second_derivative_by_hand():
+    """GELU''(z) = 2φ(z) − z² φ(z) = φ(z)(2 − z²), from GELU'(z) = Φ(z) + z φ(z), φ' = −z φ."""
+    z = jnp.array([-2.0, -0.5, 0.0, 0.8, 2.5])
+    phi = np.exp(-0.5 * np.asarray(z) ** 2) / math.sqrt(2 * math.pi)
+    hessian = jax.hessian(lambda z: jnp.sum(fbp.gelu(z)))(z)
+    np.testing.assert_allclose(hessian, np.diag(phi * (2 - np.asarray(z) ** 2)), rtol=1e-13,
+                               atol=1e-16)

@@ -209,7 +209,9 @@ def _gelu(z):
 
 
 def _gelu_fwd(z):
-    return _gelu(z), z
+    # the primal from plain jnp, not _gelu(z) again: a custom_vjp inside the fwd has no JVP,
+    # so forward-over-reverse (jax.hessian, Hessian-vector products) would fail
+    return 0.5 * z * (1 + erf(z / math.sqrt(2.0))), z
 
 
 def _gelu_bwd(z, g):
@@ -225,7 +227,7 @@ def _gelu_tanh(z):
 
 
 def _gelu_tanh_fwd(z):
-    return _gelu_tanh(z), z
+    return 0.5 * z * (1 + jnp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z**3))), z   # as _gelu_fwd
 
 
 def _gelu_tanh_bwd(z, g):
