@@ -113,3 +113,39 @@ def test_bad_input_is_explained(table, ids, error, match):
     with pytest.raises(error, match=match):
         fbp.embedding(table, ids)
 
+
+
+def test_traced_int64_ids_beyond_int32_are_outside_the_table_not_wrapped():
+    """Under x64 an int64 id ≥ 2³¹ (or < −2³¹) is outside the table like any other: a NaN row
+    and no gradient.  Before, the gather narrowed the ids to int32, so 2³² + 1 read (and
+    trained) row 1 and 2³³ row 0, silently."""
+    table = jnp.arange(15.0).reshape(5, 3)
+    ids = jnp.array([2**32 + 1, 2**33, 2**31, -(2**31) - 1, -(2**32) + 2, 2**63 - 1, 3],
+                    jnp.int64)
+    out = jax.jit(fbp.embedding)(table, ids)
+    assert np.isnan(out).all(axis=1).tolist() == [True] * 6 + [False]
+    np.testing.assert_array_equal(out[6], np.asarray(table)[3])
+    g = jnp.arange(21.0).reshape(7, 3) + 1
+    table_bar = jax.jit(lambda t, i: jax.vjp(lambda t: fbp.embedding(t, i), t)[1](g)[0])(
+        table, ids)
+    expected = np.zeros((5, 3))
+    expected[3] = np.asarray(g)[6]
+    np.testing.assert_array_equal(table_bar, expected)
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 5\)"):
+        fbp.embedding(table, ids)                      # concrete: refused, as before
+
+
+@pytest.mark.parametrize("transform", [lambda f: f, jax.jit], ids=["concrete", "traced"])
+def test_uint64_ids_pick_the_right_rows_and_gradient(transform):
+    table = jnp.arange(15.0).reshape(5, 3)
+    ids = jnp.array([[4, 0], [2, 4]], jnp.uint64)
+    g = jnp.arange(12.0).reshape(2, 2, 3) + 1
+    out, pullback = transform(lambda t, i: jax.vjp(lambda t: fbp.embedding(t, i), t))(table, ids)
+    np.testing.assert_array_equal(out, np.asarray(table)[np.asarray(ids)])
+    (table_bar,) = pullback(g)
+    (expected,) = jax.vjp(_onehot_matmul, table, ids.astype(jnp.int64))[1](g)[:1]
+    np.testing.assert_array_equal(table_bar, expected)
+    if transform is jax.jit:                            # traced ids past the end: NaN, no gradient
+        huge = jnp.array([2**64 - 1, 5, 1], jnp.uint64)
+        y = jax.jit(fbp.embedding)(table, huge)
+        assert np.isnan(y).all(axis=1).tolist() == [True, True, False]

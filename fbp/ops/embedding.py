@@ -11,10 +11,12 @@ from fbp._validate import float_array, indices_in_range, integer_array, wide_ind
 
 
 def _past_the_end(ids, vocab):
-    """ids with every negative one moved past the end: −1 is outside [0, vocab) as the check
-    of concrete ids says, not the last row (NumPy's wrap-around, which jnp.take follows)."""
+    """ids with every one outside [0, vocab) moved to vocab, past the end: −1 is outside the
+    table as the check of concrete ids says, not the last row (NumPy's wrap-around, which
+    jnp.take follows), and an int64 id ≥ 2³¹ is not wrapped round to a real row when the
+    gather narrows its indices to int32 (2³² + 1 would read row 1)."""
     ids = wide_indices(ids)                                          # room for vocab itself
-    return jnp.where(ids < 0, vocab, ids)
+    return jnp.where((ids < 0) | (ids >= vocab), vocab, ids)
 
 
 def _lookup(vocab, table, ids):
@@ -57,7 +59,8 @@ def embedding(table, ids):
       table: floating array ``(vocab, d)``.
       ids: integer array of any shape, values in [0, vocab).  Checked when concrete; inside
         ``jit`` an id outside [0, vocab) — a negative one too, which ``jnp.take`` would wrap
-        round to a real row — gives a NaN row and adds no gradient.
+        round to a real row, and an int64 one beyond int32 — gives a NaN row and adds no
+        gradient.
     Returns:
       the embeddings, ``(*ids.shape, d)``, in the table's dtype.
     """
