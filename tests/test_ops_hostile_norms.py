@@ -64,3 +64,38 @@ def test_batch_norm_float16_running_state_stays_float16():
     x32 = np.asarray(x, np.float64)
     np.testing.assert_allclose(np.asarray(new.var, np.float64), x32.var(axis=0), rtol=2e-3)
     np.testing.assert_allclose(np.asarray(new.mean, np.float64), x32.mean(axis=0), atol=2e-2)
+
+
+# ── group_norm's integer hyperparameters: any integer type, still no bools or floats ──
+
+@pytest.mark.parametrize("c, groups", [(np.int64(4), np.int64(2)), (np.int32(4), np.uint8(2)),
+                                       (4, jnp.int32(2))], ids=["int64", "int32-uint8", "jax"])
+def test_group_norm_takes_numpy_ints(c, groups):
+    params = fbp.init_group_norm(c, jnp.float64)
+    assert params.gamma.shape == (4,) and isinstance(params, fbp.GroupNormParams)
+    x = jax.random.normal(jax.random.PRNGKey(2), (2, 3, 3, 4), jnp.float64)
+    np.testing.assert_allclose(fbp.group_norm(params, x, groups), ref_group_norm(params, x, 2),
+                               rtol=1e-12, atol=1e-12)
+
+
+_P4 = fbp.GroupNormParams(jnp.ones(4, jnp.float64), jnp.zeros(4, jnp.float64))
+_X4 = jnp.ones((2, 3, 3, 4), jnp.float64)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: fbp.init_group_norm(True), TypeError, r"c must be a positive int.*got bool True"),
+    (lambda: fbp.init_group_norm(4.0), TypeError, r"c must be a positive int.*got float 4\.0"),
+    (lambda: fbp.init_group_norm(np.int64(0)), ValueError, r"c must be a positive int.*got 0"),
+    (lambda: fbp.init_group_norm(-3), ValueError, r"c must be a positive int.*got -3"),
+    (lambda: fbp.group_norm(_P4, _X4, True), TypeError,
+     r"groups must be a positive int dividing the 4 channels of x; got bool True"),
+    (lambda: fbp.group_norm(_P4, _X4, np.bool_(True)), TypeError, r"groups .* got bool"),
+    (lambda: fbp.group_norm(_P4, _X4, 2.0), TypeError, r"groups .* got float 2\.0"),
+    (lambda: fbp.group_norm(_P4, _X4, np.int64(0)), ValueError, r"groups .* got 0"),
+    (lambda: fbp.group_norm(_P4, _X4, np.int64(3)), ValueError,
+     r"groups must be a positive int dividing the 4 channels of x; got 3\. E\.g\. groups=1"),
+], ids=["c bool", "c float", "c 0", "c -3", "groups bool", "groups np.bool_", "groups float",
+        "groups 0", "groups 3"])
+def test_group_norm_bad_hyperparameters_are_explained(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

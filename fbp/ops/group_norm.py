@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fbp._validate import finite_scalar, float_array, same_dtype
+from fbp._validate import finite_scalar, float_array, positive_int, same_dtype
 from fbp.ops.batch_norm import _affine_bars, _normalise_vjp, _standardise
 
 
@@ -28,8 +28,7 @@ class GroupNormParams(NamedTuple):
 
 def init_group_norm(c: int, dtype=jnp.float32) -> GroupNormParams:
     """``GroupNormParams(γ=1, β=0)`` for ``c`` channels."""
-    if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-        raise ValueError(f"c must be a positive int (the number of channels); got {c!r}.")
+    c = positive_int(c, "c", " (the number of channels)")
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a floating dtype; got {dtype}.")
     return GroupNormParams(jnp.ones((c,), dtype), jnp.zeros((c,), dtype))
@@ -115,7 +114,8 @@ def group_norm(params: GroupNormParams, x, groups: int, *, eps: float = 1e-5):
         if v.shape != (c,):
             raise ValueError(f"{name} must have shape (C,) = ({c},), one entry per channel of x "
                              f"{x.shape} (channels last); got {v.shape}.")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or c % groups:
+    groups = positive_int(groups, "groups", f" dividing the {c} channels of x")
+    if c % groups:
         raise ValueError(f"groups must be a positive int dividing the {c} channels of x; got "
                          f"{groups!r}. E.g. groups=1 (layer norm) or groups={c} (instance norm).")
     same_dtype(x=x, gamma=gamma, beta=beta)
