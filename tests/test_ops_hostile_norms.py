@@ -99,3 +99,57 @@ _X4 = jnp.ones((2, 3, 3, 4), jnp.float64)
 def test_group_norm_bad_hyperparameters_are_explained(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ── empty batches: what the plain-jnp computation does ──
+
+def _ref_gn_any_rank(params, x, groups):
+    """ref_group_norm on x (..., H, W, C), the leading axes flattened without a −1."""
+    x4 = x.reshape(int(np.prod(x.shape[:-3])), *x.shape[-3:])
+    return ref_group_norm(params, x4, groups).reshape(x.shape)
+
+
+@pytest.mark.parametrize("shape, groups", [((0, 3, 3, 4), 2), ((0, 3, 4), 2), ((2, 0, 3, 4), 2),
+                                           ((2, 3, 0, 4), 4), ((5, 0, 2, 3, 3, 4), 1),
+                                           ((2, 3, 3, 0), 1)], ids=str)
+def test_group_norm_of_an_empty_input_is_empty_with_zero_param_gradients(shape, groups):
+    """Before, any empty x but one with only the leading axes empty raised ZeroDivisionError
+    (a reshape to −1 of zero elements)."""
+    c = shape[-1]
+    params = fbp.GroupNormParams(jnp.ones(c, jnp.float64), jnp.zeros(c, jnp.float64))
+    x = jnp.ones(shape, jnp.float64)
+    f = lambda p, x: fbp.group_norm(p, x, groups)  # noqa: E731
+    ref = lambda p, x: _ref_gn_any_rank(p, x, groups)  # noqa: E731
+    y = f(params, x)
+    assert y.shape == shape and y.dtype == jnp.float64
+    g = jnp.ones(shape, jnp.float64)
+    ours, theirs = vjp(f, (params, x), g), vjp(ref, (params, x), g)
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ours[0].gamma, np.zeros(c))
+
+
+def test_layer_norm_and_batch_norm_eval_of_an_empty_batch_are_empty_like_plain_jnp():
+    params, state = fbp.init_batch_norm(4, jnp.float64)
+    ln = fbp.init_layer_norm(4, jnp.float64)
+    x, g = jnp.ones((0, 4), jnp.float64), jnp.ones((0, 4), jnp.float64)
+    bn_eval = lambda p, x: fbp.batch_norm(p, x, state, training=False)[0]  # noqa: E731
+    for f, ref, p in [(fbp.layer_norm, ref_layer_norm, ln),
+                      (bn_eval, lambda p, x: p.gamma[None] * (x - state.mean[None]) / jnp.sqrt(
+                          state.var[None] + 1e-5) + p.beta[None], params)]:
+        assert f(p, x).shape == (0, 4)
+        ours, theirs = vjp(f, (p, x), g), vjp(ref, (p, x), g)
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+            assert a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (0, 3, 4), (3, 0, 4)], ids=str)
+def test_batch_norm_training_on_an_empty_batch_is_a_clear_error(shape):
+    """Batch statistics of zero examples are undefined (0/0): refused, as documented."""
+    params, _ = fbp.init_batch_norm(4, jnp.float64)
+    with pytest.raises(ValueError, match=r"needs at least 2 rows; got x of shape .*an empty "
+                                         r"batch \(0 rows.*training=False"):
+        fbp.batch_norm(params, jnp.ones(shape, jnp.float64))

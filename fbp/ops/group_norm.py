@@ -9,6 +9,7 @@ per example instead, so it does not depend on the batch and works for a batch of
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import NamedTuple
 
@@ -44,7 +45,7 @@ def _grouped(x, groups):
 
 def _channel(v, groups):
     """A per-channel vector (C,) shaped (1, 1, G, C/G) to broadcast against grouped x."""
-    return v.reshape(1, 1, groups, -1)
+    return v.reshape(1, 1, groups, v.shape[0] // groups)
 
 
 # x̂ and y in float32 or wider (batch norm's _standardise), cast to x's dtype; x̂ saved in it.
@@ -119,5 +120,5 @@ def group_norm(params: GroupNormParams, x, groups: int, *, eps: float = 1e-5):
         raise ValueError(f"groups must be a positive int dividing the {c} channels of x; got "
                          f"{groups!r}. E.g. groups=1 (layer norm) or groups={c} (instance norm).")
     same_dtype(x=x, gamma=gamma, beta=beta)
-    x4 = x.reshape(-1, *x.shape[-3:])
+    x4 = x.reshape(math.prod(x.shape[:-3]), *x.shape[-3:])   # not -1: x may be empty
     return _group_norm(GroupNormParams(gamma, beta), x4, groups, eps).reshape(x.shape)
