@@ -9,11 +9,13 @@ concrete: inside ``jit`` only shapes and dtypes are known, and those are still c
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.xla_metadata import set_xla_metadata
 
 
 def is_concrete(x) -> bool:
@@ -168,11 +170,19 @@ def class_labels(labels, name: str, n_classes: int, *, where=None) -> None:
             )
 
 
+_TRACE_IDS = itertools.count()
+
+
 def traced_class_counts(trace) -> set[int]:
     """Run ``trace()`` (an abstract ``jax.eval_shape`` of a loss) and return the class counts
     of the unmasked softmax_cross_entropy calls it traced.  (A masked loss reads only the
-    labels its ``where`` selects, and padding may hold −1: those are not checked.)"""
-    with noting_class_counts() as seen:
+    labels its ``where`` selects, and padding may hold −1: those are not checked.)
+
+    The counts are noted by the losses' Python bodies, which JAX skips when it finds the
+    trace in its caches (a ``jax.jit``-ed loss already called with these shapes), and then
+    no label would be checked.  So ``trace()`` runs under an XLA-metadata tag no trace had
+    before: the tag is part of the caches' key, every cache misses, every body runs."""
+    with noting_class_counts() as seen, set_xla_metadata(fbp_label_check=next(_TRACE_IDS)):
         trace()
     return {n for n, masked in seen if not masked}
 

@@ -1,0 +1,44 @@
+"""fit, accumulate_grads and data_parallel on hostile input: a cached trace, a bad label in a
+late micro-batch, integer x, an empty batch, gradients in another dtype than the params, a
+mask that selects unequal counts per micro-batch.  Every result is compared with plain
+jnp / optax autodiff of a reference written without fbp's rules."""
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import fbp
+from fbp.parallel import data_parallel
+from fbp.train import fit
+
+SGD = optax.sgd(0.1)
+
+
+def softmax_problem(m=12, dtype=jnp.float64):
+    k1, k2 = jax.random.split(jax.random.key(0))
+    params = fbp.init_mlp(k1, [4, 6, 3], dtype=dtype)
+    x = jax.random.normal(k2, (m, 4), dtype)
+    return params, x, jnp.arange(m) % 3
+
+
+def softmax_loss(params, x, y):
+    return fbp.mlp_loss(params, x, y, "tanh", "softmax_cross_entropy")
+
+
+# ── 1. labels are checked even when JAX has the loss's trace cached ──
+
+@pytest.mark.parametrize("bad", [3, -1])
+def test_a_jitted_loss_traced_before_still_gets_its_labels_checked(bad):
+    params, x, y = softmax_problem()
+    jitted = jax.jit(softmax_loss)
+    jitted(params, x, y)                            # JAX caches this trace (these shapes)
+    with pytest.raises(ValueError, match=rf"y \(data\[1\]\) holds integer class labels in "
+                                         rf"\[{min(bad, 0)}, {max(bad, 2)}\].*3 classes"):
+        fit(jitted, params, (x, y.at[-1].set(bad)), SGD, 2)
+    grad_fn = jax.jit(jax.value_and_grad(softmax_loss))
+    grad_fn(params, x, y)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        fit(None, params, (x, y.at[-1].set(bad)), SGD, 2, grad_fn=grad_fn)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        data_parallel(grad_fn)(params, x, y.at[-1].set(bad))
