@@ -97,9 +97,11 @@ def _trace_once(fn, args):
     return out[0], counts
 
 
-def check_before_compiling(loss_fn, grad_fn, params, state, x, y, *, stacked, k, threaded):
-    """One abstract trace of the per-step function: its output contract, and integer labels
-    in y against the class count of every softmax_cross_entropy the loss calls."""
+def check_before_compiling(loss_fn, grad_fn, params, state, x, y, *, stacked, k, threaded,
+                           y_name: str = "y (data[1])"):
+    """One abstract trace of the per-step function on one micro-batch: its output contract,
+    and integer labels in the whole of y (every micro-batch, every step) against the class
+    count of every softmax_cross_entropy the loss calls."""
     m = x.shape[1] if stacked else x.shape[0]
     rest_x, rest_y = (x.shape[2:], y.shape[2:]) if stacked else (x.shape[1:], y.shape[1:])
     bx = jax.ShapeDtypeStruct((m // k, *rest_x), x.dtype)
@@ -108,7 +110,7 @@ def check_before_compiling(loss_fn, grad_fn, params, state, x, y, *, stacked, k,
     args = (abstract(params), bx, by) + ((abstract(state),) if threaded else ())
     out, counts = _trace_once(fn, args)
     _check_contract(fn_name, out, params, state, threaded)
-    labels_within(y, "y (data[1])", counts)
+    labels_within(y, y_name, counts)
 
 
 def check_opt_state(opt_state, optimizer, params) -> None:

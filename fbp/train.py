@@ -127,6 +127,11 @@ def accumulate_grads(grad_fn, params, x, y, micro_batches: int):
       micro_batches: k, a positive int dividing m.
     Returns:
       ``(loss, grads)`` with grads shaped like params.
+
+    Checked first, by one abstract trace of ``grad_fn`` on a micro-batch (as ``fit`` does):
+    that it returns ``(loss, grads)`` in the structure of params, and, when ``y`` is
+    concrete, that integer labels in every micro-batch lie in [0, C) for the C classes of
+    each ``softmax_cross_entropy`` it calls (inside the scan no label value is seen).
     """
     if not callable(grad_fn):
         raise TypeError(f"grad_fn must be callable (params, x, y) -> (loss, grads); "
@@ -134,6 +139,9 @@ def accumulate_grads(grad_fn, params, x, y, micro_batches: int):
     k = _positive_int(micro_batches, "micro_batches")
     x, y = _check_data((x, y))
     _check_divisible(x.shape[0], k)
+    # inside the scan every micro-batch's labels are traced, never seen: check them all here
+    check_before_compiling(None, grad_fn, params, None, x, y, stacked=False, k=k,
+                           threaded=False, y_name="y")
     return _accumulate(grad_fn, params, x, y, k)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import fbp
 from fbp.parallel import data_parallel
-from fbp.train import fit
+from fbp.train import accumulate_grads, fit
 
 SGD = optax.sgd(0.1)
 
@@ -42,3 +42,17 @@ def test_a_jitted_loss_traced_before_still_gets_its_labels_checked(bad):
         fit(None, params, (x, y.at[-1].set(bad)), SGD, 2, grad_fn=grad_fn)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         data_parallel(grad_fn)(params, x, y.at[-1].set(bad))
+
+
+# ── 2. accumulate_grads checks the labels of every micro-batch ──
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("bad, at", [(3, -1), (-1, -1), (3, 5)])
+@pytest.mark.parametrize("jitted", [False, True], ids=["eager-grad_fn", "jitted-grad_fn"])
+def test_accumulate_grads_refuses_a_bad_label_in_any_micro_batch(k, bad, at, jitted):
+    params, x, y = softmax_problem()
+    grad_fn = jax.value_and_grad(softmax_loss)
+    grad_fn = jax.jit(grad_fn) if jitted else grad_fn
+    with pytest.raises(ValueError, match=r"y holds integer class labels .* labels must lie in "
+                                         r"\[0, 3\)"):
+        accumulate_grads(grad_fn, params, x, y.at[at].set(bad), k)
