@@ -113,6 +113,15 @@ def check_before_compiling(loss_fn, grad_fn, params, state, x, y, *, stacked, k,
     labels_within(y, y_name, counts)
 
 
+def check_examples(x, m: int) -> None:
+    """The batch holds m ≥ 1 examples: a loss is a mean over them, and over none it is 0/0."""
+    if m == 0:
+        raise ValueError(
+            f"x holds no examples (shape {x.shape}): the loss is a mean over the batch's "
+            "examples, and over none both the loss and the gradient are 0/0 = NaN. Pass at "
+            "least one example per batch (drop empty batches before training).")
+
+
 def check_opt_state(opt_state, optimizer, params) -> None:
     want = jax.eval_shape(optimizer.init, abstract(params))
     if jax.tree.structure(opt_state) != jax.tree.structure(want):

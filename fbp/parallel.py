@@ -35,7 +35,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fbp._fit_checks import abstract
+from fbp._fit_checks import abstract, check_examples
 from fbp._validate import float_array, labels_within, traced_class_counts
 
 __all__ = ["data_parallel", "data_parallel_step", "default_mesh", "shard_batch"]
@@ -71,6 +71,7 @@ def _check_batch(x, y, n_shards: int, axis: str):
             f"x and y must share the leading (batch) dimension; got x: {x.shape}, y: {y.shape}."
         )
     m = x.shape[0]
+    check_examples(x, m)
     if m % n_shards:
         lo, hi = m - m % n_shards, m + n_shards - m % n_shards
         raise ValueError(

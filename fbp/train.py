@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fbp._fit_checks import check_before_compiling, check_opt_state, donatable
+from fbp._fit_checks import check_before_compiling, check_examples, check_opt_state, donatable
 from fbp._validate import finite_scalar, float_array, positive_int
 from fbp.nets.mlp import backprop
 
@@ -138,6 +138,7 @@ def accumulate_grads(grad_fn, params, x, y, micro_batches: int):
                         f"got {type(grad_fn).__name__}.")
     k = _positive_int(micro_batches, "micro_batches")
     x, y = _check_data((x, y))
+    check_examples(x, x.shape[0])
     _check_divisible(x.shape[0], k)
     # inside the scan every micro-batch's labels are traced, never seen: check them all here
     check_before_compiling(None, grad_fn, params, None, x, y, stacked=False, k=k,
@@ -279,6 +280,7 @@ def fit(loss_fn: Callable | None, params, data, optimizer: optax.GradientTransfo
         if y.shape[1] != x.shape[1]:
             raise ValueError(f"each batch of x and y must hold the same number of examples; "
                              f"got x: {x.shape}, y: {y.shape}.")
+    check_examples(x, x.shape[1] if stacked else x.shape[0])
     _check_divisible(x.shape[1] if stacked else x.shape[0], k)
     check_before_compiling(loss_fn, None if loss_fn is not None else grad_fn, params, state,
                             x, y, stacked=stacked, k=k, threaded=threaded)

@@ -56,3 +56,22 @@ def test_accumulate_grads_refuses_a_bad_label_in_any_micro_batch(k, bad, at, jit
     with pytest.raises(ValueError, match=r"y holds integer class labels .* labels must lie in "
                                          r"\[0, 3\)"):
         accumulate_grads(grad_fn, params, x, y.at[at].set(bad), k)
+
+
+# ── 4. an empty batch is refused (its mean would be 0/0) ──
+
+EMPTY = "x holds no examples \\(shape \\({}\\)\\).*0/0 = NaN.*at least one example"
+
+
+@pytest.mark.parametrize("call, shape", [
+    (lambda p, x, y: fit(softmax_loss, p, (x[:0], y[:0]), SGD, 2), "0, 4"),
+    (lambda p, x, y: fit(softmax_loss, p, (x[None, :0], y[None, :0]), SGD, 1, stacked=True),
+     "1, 0, 4"),
+    (lambda p, x, y: accumulate_grads(jax.value_and_grad(softmax_loss), p, x[:0], y[:0], 1),
+     "0, 4"),
+    (lambda p, x, y: data_parallel(jax.value_and_grad(softmax_loss))(p, x[:0], y[:0]), "0, 4"),
+], ids=["fit", "fit-stacked", "accumulate_grads", "data_parallel"])
+def test_an_empty_batch_is_refused(call, shape):
+    params, x, y = softmax_problem()
+    with pytest.raises(ValueError, match=EMPTY.format(shape)):
+        call(params, x, y)
