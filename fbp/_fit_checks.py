@@ -101,7 +101,8 @@ def check_before_compiling(loss_fn, grad_fn, params, state, x, y, *, stacked, k,
                            y_name: str = "y (data[1])"):
     """One abstract trace of the per-step function on one micro-batch: its output contract,
     and integer labels in the whole of y (every micro-batch, every step) against the class
-    count of every softmax_cross_entropy the loss calls."""
+    count of every softmax_cross_entropy the loss calls.  Returns the gradient's dtypes, leaf
+    by leaf (a grad_fn may give other dtypes than the params'; jax.grad gives theirs)."""
     m = x.shape[1] if stacked else x.shape[0]
     rest_x, rest_y = (x.shape[2:], y.shape[2:]) if stacked else (x.shape[1:], y.shape[1:])
     bx = jax.ShapeDtypeStruct((m // k, *rest_x), x.dtype)
@@ -111,6 +112,8 @@ def check_before_compiling(loss_fn, grad_fn, params, state, x, y, *, stacked, k,
     out, counts = _trace_once(fn, args)
     _check_contract(fn_name, out, params, state, threaded)
     labels_within(y, y_name, counts)
+    grads = out[1] if loss_fn is None else params
+    return tuple(jnp.result_type(g) for g in jax.tree.leaves(grads))
 
 
 def check_examples(x, m: int) -> None:

@@ -83,9 +83,12 @@ def _check_divisible(m: int, k: int) -> None:
 
 # ── gradient accumulation (§11.3) ──
 
-def _accumulate(grad_fn, params, x, y, k: int, state=None, threaded: bool = False):
+def _accumulate(grad_fn, params, x, y, k: int, state=None, threaded: bool = False,
+                grad_dtypes=None):
     """(loss, grads), or (loss, grads, state) when a state is threaded (grad_fn then takes
-    and returns it: each micro-batch's forward updates it in turn, as k steps' forwards do)."""
+    and returns it: each micro-batch's forward updates it in turn, as k steps' forwards do).
+    The sum is kept in ``grad_dtypes``, the gradient's dtypes leaf by leaf (as k = 1 returns
+    them), which may differ from the params' (float32 grads of bfloat16 params)."""
     call = (lambda p, bx, by, s: grad_fn(p, bx, by, s)) if threaded else (
         lambda p, bx, by, s: (*grad_fn(p, bx, by), s))
     if k == 1:
@@ -98,8 +101,11 @@ def _accumulate(grad_fn, params, x, y, k: int, state=None, threaded: bool = Fals
         loss, grads, s = call(params, *batch, s)
         return (jax.tree_util.tree_map(jnp.add, total, grads), s), loss
 
-    # grads are shaped like params (what optax needs too), so the sum starts from zeros_like
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    # grads are shaped like params (what optax needs too), so the sum starts from zeros of
+    # the params' shapes in the gradient's dtypes
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    dtypes = grad_dtypes or [p.dtype for p in leaves]
+    zeros = tree.unflatten([jnp.zeros(p.shape, d) for p, d in zip(leaves, dtypes, strict=True)])
     (total, state), losses = jax.lax.scan(body, (zeros, state), (split(x), split(y)))
     out = jnp.mean(losses), jax.tree_util.tree_map(lambda t: t / k, total)
     return (*out, state) if threaded else out
@@ -126,7 +132,8 @@ def accumulate_grads(grad_fn, params, x, y, micro_batches: int):
       y: ``(m, ...)`` targets.
       micro_batches: k, a positive int dividing m.
     Returns:
-      ``(loss, grads)`` with grads shaped like params.
+      ``(loss, grads)`` with grads shaped like params, in the dtypes ``grad_fn`` gives them
+      (the micro-batch gradients are summed in those, e.g. float32 for bfloat16 params).
 
     Checked first, by one abstract trace of ``grad_fn`` on a micro-batch (as ``fit`` does):
     that it returns ``(loss, grads)`` in the structure of params, and, when ``y`` is
@@ -141,9 +148,9 @@ def accumulate_grads(grad_fn, params, x, y, micro_batches: int):
     check_examples(x, x.shape[0])
     _check_divisible(x.shape[0], k)
     # inside the scan every micro-batch's labels are traced, never seen: check them all here
-    check_before_compiling(None, grad_fn, params, None, x, y, stacked=False, k=k,
-                           threaded=False, y_name="y")
-    return _accumulate(grad_fn, params, x, y, k)
+    grad_dtypes = check_before_compiling(None, grad_fn, params, None, x, y, stacked=False,
+                                         k=k, threaded=False, y_name="y")
+    return _accumulate(grad_fn, params, x, y, k, grad_dtypes=grad_dtypes)
 
 
 def backprop_grad_fn(activation="sigmoid", loss="bce_with_logits", *, residual: bool = False):
@@ -162,14 +169,15 @@ def backprop_grad_fn(activation="sigmoid", loss="bce_with_logits", *, residual: 
 # ── the training loop ──
 
 @partial(jax.jit, static_argnames=("grad_fn", "optimizer", "steps", "stacked", "micro_batches",
-                                   "record", "threaded"),
+                                   "record", "threaded", "grad_dtypes"),
          donate_argnames=("opt_state",))
 def _fit(params, opt_state, state, x, y, *, grad_fn, optimizer, steps, stacked, micro_batches,
-         record, threaded):
+         record, threaded, grad_dtypes):
     def step(carry, batch):
         params, opt_state, state = carry
         bx, by = batch if stacked else (x, y)
-        loss, grads, *rest = _accumulate(grad_fn, params, bx, by, micro_batches, state, threaded)
+        loss, grads, *rest = _accumulate(grad_fn, params, bx, by, micro_batches, state, threaded,
+                                         grad_dtypes)
         state = rest[0] if threaded else state
         recorded = None if record is None else record(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -282,8 +290,9 @@ def fit(loss_fn: Callable | None, params, data, optimizer: optax.GradientTransfo
                              f"got x: {x.shape}, y: {y.shape}.")
     check_examples(x, x.shape[1] if stacked else x.shape[0])
     _check_divisible(x.shape[1] if stacked else x.shape[0], k)
-    check_before_compiling(loss_fn, None if loss_fn is not None else grad_fn, params, state,
-                            x, y, stacked=stacked, k=k, threaded=threaded)
+    grad_dtypes = check_before_compiling(loss_fn, None if loss_fn is not None else grad_fn,
+                                         params, state, x, y, stacked=stacked, k=k,
+                                         threaded=threaded)
     if clip_norm is not None:
         optimizer = _clipped(optimizer, clip_norm)
     if opt_state is None:
@@ -292,7 +301,7 @@ def fit(loss_fn: Callable | None, params, data, optimizer: optax.GradientTransfo
         check_opt_state(opt_state, optimizer, params)
     return _fit(params, donatable(opt_state, params), state, x, y, grad_fn=grad_fn,
                 optimizer=optimizer, steps=steps, stacked=stacked, micro_batches=k,
-                record=record, threaded=threaded)
+                record=record, threaded=threaded, grad_dtypes=grad_dtypes)
 
 
 @lru_cache(maxsize=64)

@@ -5,6 +5,7 @@ jnp / optax autodiff of a reference written without fbp's rules."""
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -24,6 +25,18 @@ def softmax_problem(m=12, dtype=jnp.float64):
 
 def softmax_loss(params, x, y):
     return fbp.mlp_loss(params, x, y, "tanh", "softmax_cross_entropy")
+
+
+def reference_loss(params, x, y):
+    """The same two-layer net and loss from plain jnp / optax only (no fbp rule)."""
+    h = jnp.tanh(x @ params[0].W.T + params[0].b[None, :])
+    z = h @ params[1].W.T + params[1].b[None, :]
+    return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(z, y))
+
+
+def assert_trees_close(a, b, rtol):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(u, v, rtol=rtol, atol=rtol * float(jnp.max(jnp.abs(v))))
 
 
 # ── 1. labels are checked even when JAX has the loss's trace cached ──
@@ -75,3 +88,38 @@ def test_an_empty_batch_is_refused(call, shape):
     params, x, y = softmax_problem()
     with pytest.raises(ValueError, match=EMPTY.format(shape)):
         call(params, x, y)
+
+
+# ── 5. micro-batch gradients in another dtype than the params' ──
+
+def _f64_grads(p, x, y):       # float32 params, gradients computed and returned in float64
+    wide = jax.tree.map(lambda a: a.astype(jnp.float64), p)
+    return jax.value_and_grad(softmax_loss)(wide, x.astype(jnp.float64), y)
+
+
+def _f32_grads(p, x, y):       # bfloat16 params, float32 gradients (a float32 master copy)
+    wide = jax.tree.map(lambda a: a.astype(jnp.float32), p)
+    return jax.value_and_grad(softmax_loss)(wide, x, y)
+
+
+@pytest.mark.parametrize("grad_fn, p_dtype, x_dtype, g_dtype, rtol", [
+    (_f64_grads, jnp.float32, jnp.float32, jnp.float64, 1e-12),
+    (_f32_grads, jnp.bfloat16, jnp.float32, jnp.float32, 1e-5),
+], ids=["f32-params-f64-grads", "bf16-params-f32-grads"])
+def test_micro_batches_sum_gradients_in_the_gradients_dtype(grad_fn, p_dtype, x_dtype,
+                                                            g_dtype, rtol):
+    params, x, y = softmax_problem(m=12)
+    params = jax.tree.map(lambda a: a.astype(p_dtype), params)
+    x = x.astype(x_dtype)
+    wide = lambda t: jax.tree.map(lambda a: a.astype(g_dtype), t)
+    want_loss, want = jax.value_and_grad(reference_loss)(wide(params), wide(x), y)
+    loss, grads = accumulate_grads(grad_fn, params, x, y, 3)
+    assert {a.dtype for a in jax.tree.leaves(grads)} == {jnp.dtype(g_dtype)}
+    assert_trees_close(grads, want, rtol)
+    np.testing.assert_allclose(loss, want_loss, rtol=rtol)
+    # fit: one SGD step from the accumulated gradient; optax keeps the params' dtype
+    result = fit(None, params, (x, y), SGD, 1, grad_fn=grad_fn, micro_batches=3)
+    step = jax.tree.map(lambda p, g: (p - 0.1 * g).astype(p_dtype), wide(params), want)
+    assert {a.dtype for a in jax.tree.leaves(result.params)} == {jnp.dtype(p_dtype)}
+    ulp = 1e-6 if p_dtype == jnp.float32 else 1e-2      # bfloat16 keeps 8 bits: 2^-8 ≈ 4e-3
+    assert_trees_close(wide(result.params), wide(step), ulp)
