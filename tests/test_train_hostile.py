@@ -71,6 +71,23 @@ def test_accumulate_grads_refuses_a_bad_label_in_any_micro_batch(k, bad, at, jit
         accumulate_grads(grad_fn, params, x, y.at[at].set(bad), k)
 
 
+# ── 3. integer x (pixel values) is refused with the cast to use, not cast silently ──
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64])
+@pytest.mark.parametrize("call", [
+    lambda p, x, y: fit(softmax_loss, p, (x, y), SGD, 2),
+    lambda p, x, y: accumulate_grads(jax.value_and_grad(softmax_loss), p, x, y, 3),
+    lambda p, x, y: data_parallel(jax.value_and_grad(softmax_loss))(p, x, y),
+], ids=["fit", "accumulate_grads", "data_parallel"])
+def test_integer_x_is_refused_with_the_cast(call, dtype):
+    params, x, y = softmax_problem()
+    pixels = np.arange(x.size, dtype=dtype).reshape(x.shape)
+    name = np.dtype(dtype).name
+    with pytest.raises(TypeError, match=rf"x must have a floating-point dtype; got {name}\. "
+                                        r"Cast it first, e\.g\. x\.astype\(jnp\.float32\)"):
+        call(params, pixels, y)
+
+
 # ── 4. an empty batch is refused (its mean would be 0/0) ──
 
 EMPTY = "x holds no examples \\(shape \\({}\\)\\).*0/0 = NaN.*at least one example"
