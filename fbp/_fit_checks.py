@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fbp._validate import is_concrete, labels_within, traced_class_counts
+from fbp._validate import is_concrete, labels_within, traced_class_counts, warn_masked_mean
 
 
 def abstract(tree):
@@ -70,7 +70,7 @@ def _check_contract(fn_name, out, params, state, threaded) -> None:
                         f"{[b for _, b in shapes]}. (optax matches grads to params leaf by leaf.)")
 
 
-_TRACED: dict = {}       # (fn, argument shapes) -> (output shapes, class counts); at most 64
+_TRACED: dict = {}       # (fn, argument shapes) -> (output shapes, (class counts, masked)); ≤ 64
 
 
 def _signature(tree):
@@ -109,9 +109,11 @@ def check_before_compiling(loss_fn, grad_fn, params, state, x, y, *, stacked, k,
     by = jax.ShapeDtypeStruct((m // k, *rest_y), y.dtype)
     fn, fn_name = (loss_fn, "loss_fn") if loss_fn is not None else (grad_fn, "grad_fn")
     args = (abstract(params), bx, by) + ((abstract(state),) if threaded else ())
-    out, counts = _trace_once(fn, args)
+    out, (counts, masked) = _trace_once(fn, args)
     _check_contract(fn_name, out, params, state, threaded)
     labels_within(y, y_name, counts)
+    if masked and k > 1:
+        warn_masked_mean(f"micro_batches={k} micro-batches", k)
     grads = out[1] if loss_fn is None else params
     return tuple(jnp.result_type(g) for g in jax.tree.leaves(grads))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -173,10 +174,11 @@ def class_labels(labels, name: str, n_classes: int, *, where=None) -> None:
 _TRACE_IDS = itertools.count()
 
 
-def traced_class_counts(trace) -> set[int]:
+def traced_class_counts(trace) -> tuple[set[int], bool]:
     """Run ``trace()`` (an abstract ``jax.eval_shape`` of a loss) and return the class counts
-    of the unmasked softmax_cross_entropy calls it traced.  (A masked loss reads only the
-    labels its ``where`` selects, and padding may hold −1: those are not checked.)
+    of the unmasked softmax_cross_entropy calls it traced, and whether it traced a masked one.
+    (A masked loss reads only the labels its ``where`` selects, and padding may hold −1:
+    those are not checked; and it is a mean over the positions selected, not the examples.)
 
     The counts are noted by the losses' Python bodies, which JAX skips when it finds the
     trace in its caches (a ``jax.jit``-ed loss already called with these shapes), and then
@@ -184,7 +186,17 @@ def traced_class_counts(trace) -> set[int]:
     before: the tag is part of the caches' key, every cache misses, every body runs."""
     with noting_class_counts() as seen, set_xla_metadata(fbp_label_check=next(_TRACE_IDS)):
         trace()
-    return {n for n, masked in seen if not masked}
+    return {n for n, masked in seen if not masked}, any(masked for _, masked in seen)
+
+
+def warn_masked_mean(parts: str, n: int) -> None:
+    """A masked loss averaged over n parts (micro-batches, devices): say when that is exact."""
+    warnings.warn(
+        f"the loss calls softmax_cross_entropy with where=, a mean over the positions the mask "
+        f"selects; over {parts} the result is the mean of {n} such means, which equals the "
+        f"full-batch loss and gradient only when each part selects the same number of "
+        f"positions (a position in a part selecting M_j of the batch's M weighs 1/({n}·M_j), "
+        f"not 1/M). Balance the masks across the parts, or use one part.", stacklevel=4)
 
 
 def labels_within(y, name: str, class_counts) -> None:

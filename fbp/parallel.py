@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fbp._fit_checks import abstract, check_examples
-from fbp._validate import float_array, labels_within, traced_class_counts
+from fbp._validate import float_array, labels_within, traced_class_counts, warn_masked_mean
 
 __all__ = ["data_parallel", "data_parallel_step", "default_mesh", "shard_batch"]
 
@@ -120,7 +120,10 @@ def _label_check(grad_fn, n_shards: int):
         if key not in cache:
             cache[key] = traced_class_counts(
                 lambda: jax.eval_shape(lambda *a: grad_fn(*a), shapes, shard(x), shard(y)))
-        labels_within(y, "y", cache[key])
+        counts, masked = cache[key]
+        labels_within(y, "y", counts)
+        if masked and n_shards > 1:
+            warn_masked_mean(f"the {n_shards} devices of the mesh", n_shards)
 
     return check
 
@@ -139,7 +142,10 @@ def data_parallel(grad_fn, mesh: Mesh | None = None, axis: str = "data"):
       axis: the mesh axis the batch is split over.
     Integer labels in y are checked before the compiled program runs, against the class
     count of every softmax_cross_entropy grad_fn calls (found by one abstract trace per
-    shape): a label outside [0, C) is a ValueError here, not a NaN inside.
+    shape): a label outside [0, C) is a ValueError here, not a NaN inside.  A loss over the
+    positions a mask selects (``softmax_cross_entropy(..., where=)``) is a mean over M_k per
+    device, and the pmean equals the full-batch mean only when every M_k is the same: over
+    N > 1 devices such a loss gets a warning.
 
     Returns:
       a jitted function of the same signature: ``x: (m, ...)`` and ``y: (m, ...)`` with m

@@ -119,9 +119,14 @@ def accumulate_grads(grad_fn, params, x, y, micro_batches: int):
 
         L(B) = (1/k) Σ_j L(B_j),    ∇L(B) = (1/k) Σ_j ∇L(B_j),
 
-    so the accumulated gradient equals the full-batch one up to rounding.  The k gradients
-    are summed in a ``lax.scan``: the forward/backward activations of only one micro-batch
-    are alive at a time, so peak working memory is that of a micro-batch of m/k examples.
+    so the accumulated gradient equals the full-batch one up to rounding.  (Not so for a loss
+    that is a mean over the M positions a mask selects, ``softmax_cross_entropy(...,
+    where=)``: a micro-batch selecting M_j then weighs each of its positions 1/(k M_j), not
+    1/M, exact only when every M_j = M/k; with k > 1 such a loss gets a warning.)
+
+    The k gradients are summed in a ``lax.scan``: the forward/backward activations of only
+    one micro-batch are alive at a time, so peak working memory is that of a micro-batch of
+    m/k examples.
 
     Args:
       grad_fn: ``grad_fn(params, x, y) -> (loss, grads)``, e.g.
@@ -224,7 +229,8 @@ def fit(loss_fn: Callable | None, params, data, optimizer: optax.GradientTransfo
       grad_fn: ``grad_fn(params, x, y) -> (loss, grads)`` used instead of autodiff of loss_fn.
       stacked: whether data holds one batch per step (see Data).
       micro_batches: k > 1 computes each step's gradient by ``accumulate_grads`` over k
-        equal micro-batches (equal to the full-batch gradient; memory of one micro-batch).
+        equal micro-batches (equal to the full-batch gradient; memory of one micro-batch;
+        for a masked loss only when each micro-batch selects as many positions: a warning).
       clip_norm: if given, clip the gradient to this global L2 norm before the optimiser,
         through ``optax.clip_by_global_norm`` chained in front of ``optimizer``
         (g ← g · min(1, c / ‖g‖₂), ‖g‖₂ over every leaf together).

@@ -24,7 +24,7 @@ import fbp
 from fbp.parallel import data_parallel, data_parallel_step
 
 WORKER = r'''
-import json, sys
+import json, sys, warnings
 import jax, jax.numpy as jnp, numpy as np, optax
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -101,6 +101,19 @@ for key, call in (("uneven_error", lambda: dp(params, x[: 2 * N + 1], y[: 2 * N 
         out[key] = None
     except ValueError as e:
         out[key] = str(e)
+
+# 6. a masked loss (a mean over the positions selected) over N devices warns; others do not
+def masked(p, x, y):
+    return fbp.softmax_cross_entropy(fbp.mlp(p, x, "tanh"), jnp.maximum(y, 0), where=y >= 0)
+
+
+cp = fbp.init_mlp(k[0], [3, 4, 3], dtype=jnp.float64)
+for key, loss in (("masked_warnings", masked), ("unmasked_warnings",
+                  lambda p, x, y: fbp.softmax_cross_entropy(fbp.mlp(p, x, "tanh"), y))):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data_parallel(jax.value_and_grad(loss))(cp, x, jnp.arange(m) % 3)
+    out[key] = [str(w.message) for w in caught]
 print("RESULT " + json.dumps(out))
 '''
 
@@ -175,6 +188,17 @@ def test_all_reduce_in_hlo_and_input_errors(workers, n):
     assert f"{n} devices" in r["uneven_error"]
     assert r["per_example_error"] is not None
     assert "deltas[0]" in r["per_example_error"]
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_a_masked_loss_over_devices_warns_that_unequal_counts_are_not_the_batch_mean(workers,
+                                                                                      n):
+    r = workers[n]
+    assert r["unmasked_warnings"] == []
+    assert len(r["masked_warnings"]) == 1
+    message = r["masked_warnings"][0]
+    assert f"over the {n} devices of the mesh the result is the mean of {n} such means" in message
+    assert "same number of positions" in message
 
 
 MULTIHOST_WORKER = r"""

@@ -3,6 +3,8 @@ late micro-batch, integer x, an empty batch, gradients in another dtype than the
 mask that selects unequal counts per micro-batch.  Every result is compared with plain
 jnp / optax autodiff of a reference written without fbp's rules."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,3 +142,49 @@ def test_micro_batches_sum_gradients_in_the_gradients_dtype(grad_fn, p_dtype, x_
     assert {a.dtype for a in jax.tree.leaves(result.params)} == {jnp.dtype(p_dtype)}
     ulp = 1e-6 if p_dtype == jnp.float32 else 1e-2      # bfloat16 keeps 8 bits: 2^-8 ≈ 4e-3
     assert_trees_close(wide(result.params), wide(step), ulp)
+
+
+# ── 6. a mask selecting unequal counts per micro-batch: the mean of means, with a warning ──
+
+def masked_loss(params, x, y):                 # y = −1 marks padding
+    logits = fbp.mlp(params, x, "tanh")
+    return fbp.softmax_cross_entropy(logits, jnp.maximum(y, 0), where=y >= 0)
+
+
+def masked_reference(params, x, y):
+    h = jnp.tanh(x @ params[0].W.T + params[0].b[None, :])
+    z = h @ params[1].W.T + params[1].b[None, :]
+    ce = optax.losses.softmax_cross_entropy_with_integer_labels(z, jnp.maximum(y, 0))
+    return jnp.sum(jnp.where(y >= 0, ce, 0.0)) / jnp.sum(y >= 0)
+
+
+MASKED = r"softmax_cross_entropy with where=.*mean of 2 such means.*same number of positions"
+
+
+def test_unequal_mask_counts_per_micro_batch_warn_and_give_the_mean_of_means():
+    params, x, y = softmax_problem(m=12)
+    y = y.at[:5].set(-1)                       # micro-batch 1 selects 1 position, 2 selects 6
+    grad_fn = jax.value_and_grad(masked_loss)
+    with pytest.warns(UserWarning, match=MASKED):
+        _, grads = accumulate_grads(grad_fn, params, x, y, 2)
+    halves = [jax.grad(masked_reference)(params, x[s], y[s]) for s in (slice(0, 6),
+                                                                       slice(6, 12))]
+    assert_trees_close(grads, jax.tree.map(lambda a, b: (a + b) / 2, *halves), 1e-12)
+    full = jax.grad(masked_reference)(params, x, y)
+    gap = max(float(jnp.max(jnp.abs(a - b)))
+              for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(full), strict=True))
+    assert gap > 1e-3                          # what the warning is about
+    with pytest.warns(UserWarning, match=MASKED):
+        fit(masked_loss, params, (x, y), SGD, 1, micro_batches=2)
+
+
+def test_equal_mask_counts_per_micro_batch_equal_the_full_batch_gradient():
+    params, x, y = softmax_problem(m=12)
+    y = y.at[jnp.array([0, 1, 6, 7])].set(-1)  # each micro-batch selects 4 positions
+    with pytest.warns(UserWarning, match=MASKED):
+        _, grads = accumulate_grads(jax.value_and_grad(masked_loss), params, x, y, 2)
+    assert_trees_close(grads, jax.grad(masked_reference)(params, x, y), 1e-12)
+    with warnings.catch_warnings():            # an unmasked loss is a mean over examples
+        warnings.simplefilter("error")
+        accumulate_grads(jax.value_and_grad(softmax_loss), params, x, y % 3, 2)
+        fit(softmax_loss, params, (x, y % 3), SGD, 1, micro_batches=2)
