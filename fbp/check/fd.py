@@ -39,10 +39,14 @@ def fd_vjp(fn, d, u, eps=None, order=2):
 
 
 def one_sided(fn, d, eps):
-    """(J₋, J₊, J₋², J₊²): backward and forward differences at steps h and 2h, each
-    (n_out, n_in) over the flattened outputs and input coordinates of the real ``fn(*d)``.
-    Where J₋ ≠ J₊ the point is a kink; where a one-sided difference changes with the step
-    (a jump: it grows like 1/h) the function has no derivative there at all."""
+    """([J₋, J₊, J₋², J₊², J₋', J₊'], f(x), h): backward and forward differences at steps h, 2h and
+    h' = h·(1 + 2⁻⁸), each (n_out, n_in) over the flattened outputs and input coordinates of
+    the real ``fn(*d)``.  Where J₋ ≠ J₊ the point is a kink; where a one-sided difference
+    changes with the step (a jump: it grows like 1/h) the function has no derivative there
+    at all.  Steps h and h' are too close for any derivative to tell apart, while the
+    rounding of ``fn`` at x ± h and x ± h' is independent: |J(h) − J(h')| is the rounding
+    noise of the differences (unless ``fn`` rounds so coarsely that f(x + h) and f(x + h')
+    round alike: ``f(x)`` and the steps h bound that noise, ε|f|/h)."""
     flat, rel_eps, unravel, _ = _ravel(d, 2)
     if eps is not None:
         rel_eps = jnp.full_like(rel_eps, eps)
@@ -56,10 +60,10 @@ def one_sided(fn, d, eps):
 
     def column(i):
         out = []
-        for k in (1, 2):
+        for k in (1, 2, 1 + 2 ** -8):
             e = jax.nn.one_hot(i, flat.size, dtype=flat.dtype) * (k * h[i])
             xp, xm = flat + e, flat - e
             out += [(f0 - value(xm)) / (flat[i] - xm[i]), (value(xp) - f0) / (xp[i] - flat[i])]
         return out
 
-    return [j.T for j in jax.vmap(column)(jnp.arange(flat.size))]
+    return [j.T for j in jax.vmap(column)(jnp.arange(flat.size))], f0, h

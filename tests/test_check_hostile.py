@@ -1,0 +1,70 @@
+"""fbp.check_vjp against hostile rules: small but clear bugs that a loose reading of the
+numbers would let through, and the correct rules beside them that must still pass."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fbp
+
+
+def saving_inputs(fn, bwd):
+    """A custom_vjp of ``fn`` whose rule is ``bwd(*inputs, g)``."""
+    f = jax.custom_vjp(lambda *a: fn(*a))
+    f.defvjp(lambda *a: (fn(*a), a), lambda a, g: bwd(*a, g))
+    return f
+
+
+def normal32(seed, *shape):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+# ── 1. float32: curvature and rounding noise over the step are not kinks ──
+
+def exp2_bwd(k):
+    return lambda x, g: (k * g * 2 * jnp.exp(2 * x),)
+
+
+def exp10_bwd(k):
+    return lambda x, g: (k * g * 10 * jnp.exp(10 * x),)
+
+
+def softplus_sum_bwd(k):
+    return lambda x, g: (k * g * jax.nn.sigmoid(x),)
+
+
+SMOOTH32 = {   # name: (f, rule's derivative × k, arguments)
+    "exp(2x)": (lambda x: jnp.exp(2 * x), exp2_bwd, (normal32(0, 6, 8),), 1.001),
+    "exp(10x)": (lambda x: jnp.exp(10 * x), exp10_bwd, (normal32(1, 4, 6),), 1.02),
+    "Σ softplus over 2048": (lambda x: jnp.sum(jax.nn.softplus(x)), softplus_sum_bwd,
+                             (normal32(2, 2048),), 1.05),
+}
+
+
+@pytest.mark.parametrize("name", SMOOTH32)
+def test_float32_smooth_rule_a_little_off_fails_and_the_right_one_passes(name):
+    """One-sided differences of a curved function differ by h·f'' (h ≈ 5e-3 in float32), and
+    those of a large sum by its rounding over the step: neither is a kink."""
+    fn, bwd, args, k = SMOOTH32[name]
+    checks = ("autodiff", "jacobian", "finite-diff")
+    right = fbp.check_vjp(saving_inputs(fn, bwd(1.0)), *args, checks=checks)
+    assert right.ok, str(right)
+    wrong = fbp.check_vjp(saving_inputs(fn, bwd(k)), *args, checks=checks)
+    assert {r.check for r in wrong.failures} >= {"autodiff", "jacobian"}, str(wrong)
+    assert "kink" not in str(wrong)
+    row = next(r for r in wrong.failures if r.check == "autodiff")
+    assert row.got / row.expected == pytest.approx(k, rel=1e-4)     # where, and by how much
+    x_bar = jax.grad(lambda x: jnp.sum(saving_inputs(fn, bwd(1.0))(x)))(*args)
+    np.testing.assert_allclose(x_bar, jax.grad(lambda x: jnp.sum(fn(x)))(*args), rtol=1e-6)
+
+
+def test_float32_relu_at_its_kink_is_still_a_convention():
+    z = jnp.asarray([[-1.0, 0.0, 0.5], [0.0, 2.0, -0.3]], jnp.float32)
+    relu = saving_inputs(lambda z: jnp.maximum(z, 0.0),
+                         lambda z, g: (jnp.where(z > 0, g, 0.0),))
+    rep = fbp.check_vjp(relu, z, checks=("autodiff", "jacobian", "finite-diff"))
+    assert rep.ok and rep.info, str(rep)
+    assert "at a kink: rule 0" in str(rep)
