@@ -68,3 +68,51 @@ def test_float32_relu_at_its_kink_is_still_a_convention():
     rep = fbp.check_vjp(relu, z, checks=("autodiff", "jacobian", "finite-diff"))
     assert rep.ok and rep.info, str(rep)
     assert "at a kink: rule 0" in str(rep)
+
+
+# ── 2. exact casts are not low precision ──
+
+def square_pos(x):
+    return jnp.where(x > 0, x * x, 0.0)
+
+
+MASKS = {
+    "bool → float16": lambda x: (x > 0).astype(jnp.float16),
+    "bool → int8 → bfloat16": lambda x: (x > 0).astype(jnp.int8).astype(jnp.bfloat16),
+    "float16 constants": lambda x: jnp.where(x > 0, jnp.full(x.shape, 1.0, jnp.float16),
+                                             jnp.float16(0)),
+}
+
+
+@pytest.mark.parametrize("name", MASKS)
+def test_a_mask_in_a_narrow_dtype_does_not_loosen_the_tolerances(name):
+    """A float64 rule whose mask is float16 rounds nothing: float64 tolerances still apply,
+    so a rule off by 0.5 % fails (it passed under float16's)."""
+    mask = MASKS[name]
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((3, 4)))
+    checks = ("autodiff", "jacobian", "finite-diff")
+    right = fbp.check_vjp(saving_inputs(square_pos, lambda x, g: (g * 2 * x * mask(x),)), x,
+                          checks=checks)
+    assert right.ok, str(right)
+    assert not any("computes in" in n for n in right.notes), right.notes
+    wrong = fbp.check_vjp(saving_inputs(square_pos, lambda x, g: (1.005 * g * 2 * x * mask(x),)),
+                          x, checks=checks)
+    assert {r.check for r in wrong.failures} == set(checks), str(wrong)
+    np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(square_pos(x)))(x),
+                               jnp.where(x > 0, 2 * x, 0.0))
+
+
+def test_a_real_float32_accumulation_inside_float64_still_gets_float32_tolerances():
+    W = jnp.asarray(np.random.default_rng(4).standard_normal((3, 5)))
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((4, 5)))
+
+    def dense(W, x):
+        return x @ W.T
+
+    def bwd(W, x, g):
+        g32 = g.astype(jnp.float32)
+        return ((g32.T @ x.astype(jnp.float32)).astype(W.dtype),
+                (g32 @ W.astype(jnp.float32)).astype(x.dtype))
+    rep = fbp.check_vjp(saving_inputs(dense, bwd), W, x, checks=("autodiff", "finite-diff"))
+    assert rep.ok, str(rep)
+    assert any("computes in float32" in n for n in rep.notes)

@@ -88,25 +88,63 @@ def _eps(dtype) -> float:
     return float(jnp.finfo(dtype).eps)
 
 
+# Operations that only move, pick or widen values: exact inputs give exact outputs.
+# (A cast from bool or int is exact: its inputs are; a float cast of an exact value is too.)
+_EXACT_OPS = {"broadcast_in_dim", "reshape", "transpose", "squeeze", "expand_dims", "slice",
+              "dynamic_slice", "concatenate", "select_n", "copy", "copy_p", "rev", "pad",
+              "gather", "iota", "stop_gradient", "convert_element_type"}
+
+
 def _narrowest(g, dyn, u) -> str | None:
     """The coarsest float dtype of any non-scalar value the VJP computes with (a float32
-    accumulation inside a float64 call), or None."""
+    accumulation inside a float64 call), or None.  Values that round nothing do not count:
+    masks and casts from bool or int, constants, and what is only moved or widened from
+    them (``(x > 0).astype(jnp.float16)``, ``jnp.ones(n, jnp.float16)``)."""
     try:
         jaxpr = jax.make_jaxpr(lambda d, u: jax.vjp(g, *d)[1](u))(dyn, u).jaxpr
     except Exception:  # noqa: BLE001 — f runs eagerly only: nothing to inspect
         return None
     found = set()
 
-    def walk(j):
+    def exact_in(v, exact):
+        return isinstance(v, jex.Literal) or v in exact or not jnp.issubdtype(
+            v.aval.dtype, jnp.inexact)
+
+    def walk(j, exact):
+        exact = set(exact) | set(j.constvars)
         for e in j.eqns:
+            subs = _calls(e)
+            if len(subs) == 1 and len(subs[0].invars) == len(e.invars) and len(
+                    subs[0].outvars) == len(e.outvars):      # a call: its inside counts
+                inner = walk(subs[0], {w for w, v in zip(subs[0].invars, e.invars,
+                                                         strict=True) if exact_in(v, exact)})
+                exact.update(o for o, w in zip(e.outvars, subs[0].outvars, strict=True)
+                             if exact_in(w, inner))
+                continue
+            if e.primitive.name in _EXACT_OPS and all(exact_in(v, exact) for v in e.invars):
+                exact.update(e.outvars)
             for v in e.outvars:
                 a = getattr(v, "aval", None)
-                if getattr(a, "ndim", 0) >= 1 and jnp.issubdtype(a.dtype, jnp.inexact):
+                if (v not in exact and getattr(a, "ndim", 0) >= 1
+                        and jnp.issubdtype(a.dtype, jnp.inexact)):
                     found.add(_precision(a.dtype))
-        for s in jex.subjaxprs(j):
-            walk(s)
-    walk(jaxpr)
+            for sub in subs:                 # a loop or branch: its inputs may round
+                walk(sub, set())
+        return exact
+    walk(jaxpr, set())
     return max(found, key=_eps) if found else None
+
+
+def _calls(eqn) -> list:
+    """The sub-jaxprs of an equation (a call, a loop body, a branch, a custom rule)."""
+    out = []
+    for v in eqn.params.values():
+        for x in (v if isinstance(v, (tuple, list)) else (v,)):
+            if isinstance(x, jex.ClosedJaxpr):
+                out.append(x.jaxpr)
+            elif isinstance(x, jex.Jaxpr):
+                out.append(x)
+    return out
 
 
 def check_vjp(f, *args, reference=None, checks=ALL_CHECKS, n_cotangents: int = 3,
