@@ -3,6 +3,11 @@ numbers would let through, and the correct rules beside them that must still pas
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -116,3 +121,25 @@ def test_a_real_float32_accumulation_inside_float64_still_gets_float32_tolerance
     rep = fbp.check_vjp(saving_inputs(dense, bwd), W, x, checks=("autodiff", "finite-diff"))
     assert rep.ok, str(rep)
     assert any("computes in float32" in n for n in rep.notes)
+
+
+# ── 3. the command line ──
+
+def _cli(*flags):
+    return subprocess.run([sys.executable, "-m", "fbp.check", *flags], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).parents[1],
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_cli_help_prints_usage_without_running_the_checks():
+    out = _cli("--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: python -m fbp.check")
+    assert "--float32" in out.stdout and "--verbose" in out.stdout
+    assert "ops pass" not in out.stdout
+
+
+def test_cli_unknown_flag_is_an_error():
+    out = _cli("--float23")
+    assert out.returncode == 2
+    assert "unrecognized arguments: --float23" in out.stderr and "ops pass" not in out.stdout
