@@ -143,3 +143,21 @@ def test_cli_unknown_flag_is_an_error():
     out = _cli("--float23")
     assert out.returncode == 2
     assert "unrecognized arguments: --float23" in out.stderr and "ops pass" not in out.stdout
+
+
+# ── 4. rules a user writes ──
+
+def test_a_rule_of_ones_own_around_a_jax_function_is_not_taken_for_jaxs_own():
+    """``jax.custom_vjp(jnp.tanh)``: the primal is JAX's, the rule the user's, so the default
+    reference is autodiff of tanh, not the rule compared with itself."""
+    x = jnp.linspace(-1.5, 1.5, 6)
+    checks = ("autodiff", "jacobian")
+    for k, ok in ((1.0, True), (1.05, False)):
+        tanh = jax.custom_vjp(jnp.tanh)
+        tanh.defvjp(lambda x: (jnp.tanh(x), x), lambda x, g, k=k: (k * g / jnp.cosh(x) ** 2,))
+        rep = fbp.check_vjp(tanh, x, checks=checks)
+        assert rep.ok == ok, str(rep)
+        if not ok:
+            assert {r.check for r in rep.failures} == set(checks)
+            assert "off by a constant factor 1.05" in str(rep)
+    np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(jnp.tanh(x)))(x), 1 / jnp.cosh(x) ** 2)

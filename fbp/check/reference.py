@@ -26,14 +26,23 @@ _INLINE = {"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint"}
 _JAX_DIR = os.path.dirname(os.path.abspath(jax.__file__)) + os.sep
 
 
-def _jax_own(eqn) -> bool:
-    """Whether a custom call is a rule of JAX's own library: its primal function is defined
-    in a file of the ``jax`` package (the call's debug info: ``"xlogy at /…/jax/…:937"``)."""
-    sub = eqn.params.get("call_jaxpr")
-    info = getattr(getattr(sub, "jaxpr", sub), "debug_info", None)
+def _in_jax(info) -> bool:
     src = getattr(info, "func_src_info", None) or ""
     path = src.rpartition(" at ")[2].rpartition(":")[0]
     return bool(path) and os.path.abspath(path).startswith(_JAX_DIR)
+
+
+def _jax_own(eqn) -> bool:
+    """Whether a custom call is a rule of JAX's own library: its primal function is defined
+    in a file of the ``jax`` package (the call's debug info: ``"xlogy at /…/jax/…:937"``),
+    and so is its rule where the call names it — ``jax.custom_vjp(jnp.tanh)`` with a rule of
+    one's own is the user's, however JAX's own its primal."""
+    sub = eqn.params.get("call_jaxpr")
+    if not _in_jax(getattr(getattr(sub, "jaxpr", sub), "debug_info", None)):
+        return False
+    rules = [eqn.params[k] for k in ("bwd", "jvp_jaxpr_fun") if k in eqn.params]
+    return all(_in_jax(getattr(r, "debug_info", None)) for r in rules
+               if getattr(r, "debug_info", None) is not None)
 
 
 def _replaced(eqn) -> bool:
