@@ -161,3 +161,15 @@ def test_a_rule_of_ones_own_around_a_jax_function_is_not_taken_for_jaxs_own():
             assert {r.check for r in rep.failures} == set(checks)
             assert "off by a constant factor 1.05" in str(rep)
     np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(jnp.tanh(x)))(x), 1 / jnp.cosh(x) ** 2)
+
+
+def test_a_finite_difference_failure_alone_is_not_blamed_on_the_batch():
+    """The rule agrees with the reference (which shares its bug) but not with f: the check of
+    each example alone is against that reference too, so it says nothing about the batch."""
+    x = jnp.asarray(np.random.default_rng(6).standard_normal((3, 4)))
+    tanh = saving_inputs(jnp.tanh, lambda x, g: (1.05 * g / jnp.cosh(x) ** 2,))
+    rep = fbp.check_vjp(tanh, x, reference=lambda x: 1.05 * jnp.tanh(x),
+                        checks=("autodiff", "finite-diff"))
+    assert [r.check for r in rep.failures] == ["finite-diff"], str(rep)
+    assert "off by a constant factor 1.05" in str(rep)
+    assert "batch" not in str(rep)
