@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import fbp
@@ -173,3 +175,72 @@ def test_a_finite_difference_failure_alone_is_not_blamed_on_the_batch():
     assert [r.check for r in rep.failures] == ["finite-diff"], str(rep)
     assert "off by a constant factor 1.05" in str(rep)
     assert "batch" not in str(rep)
+
+
+class Dense(NamedTuple):
+    W: jax.Array
+    b: jax.Array
+
+
+def _normal(seed, *shape):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape))
+
+
+def _dense_tanh(p, x):
+    return jnp.tanh(x @ p.W.T + p.b[None])
+
+
+def _dense_tanh_bwd(bug):
+    def bwd(p, x, g):
+        d = g * (1 - _dense_tanh(p, x) ** 2)
+        return Dense(d.T @ x, d[0] if bug else d.sum(0)), d @ p.W
+    return bwd
+
+
+def _solve_bwd(bug):
+    def bwd(A, b, g):
+        lam = jnp.linalg.solve(A if bug else A.T, g)          # implicit: Aᵀλ = ḡ
+        return -jnp.outer(lam, jnp.linalg.solve(A, b)), lam
+    return bwd
+
+
+_X = _normal(7, 3, 5)
+_LABELS = jnp.asarray([4, 0, 2])
+_A = _normal(8, 4, 4) + 4 * jnp.eye(4)
+REAL_WORLD = {   # name: (f, bwd(bug), args, check_vjp kwargs)
+    "logsumexp": (lambda x: jax.scipy.special.logsumexp(x, axis=-1),
+                  lambda bug: lambda x, g: (g[:, None] * jax.nn.softmax(x, axis=0 if bug else -1),),
+                  (_X,), {}),
+    "erf": (jax.scipy.special.erf,
+            lambda bug: lambda x, g: (g * 2 / jnp.sqrt(jnp.pi) * jnp.exp(-x ** (3 if bug else 2)),),
+            (_X,), {}),
+    "optax cross-entropy, integer labels": (
+        lambda z, y: jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(z, y)),
+        lambda bug: lambda z, y, g: (g * (jax.nn.softmax(z) - jax.nn.one_hot(y, 5))
+                                     / (5 if bug else 3), None),
+        (_X, _LABELS), {}),
+    "dense tanh, NamedTuple params": (_dense_tanh, _dense_tanh_bwd,
+                                      (Dense(_normal(9, 4, 5), _normal(10, 4)), _X), {}),
+    "implicit linear solve": (jnp.linalg.solve, _solve_bwd, (_A, _normal(11, 4)), {}),
+    "x ** n, integer n": (lambda x, n: x ** n,
+                          lambda bug: lambda x, n, g: (g * n * x ** (n if bug else n - 1), None),
+                          (_X, 3), {}),
+    "straight-through round": (jnp.round,
+                               lambda bug: lambda x, g: (jnp.ones_like(g) if bug else g,),
+                               (_X,), {"rule": "surrogate"}),
+}
+
+
+@pytest.mark.parametrize("name", REAL_WORLD)
+def test_real_world_rules_pass_and_a_one_character_bug_fails(name):
+    fn, bwd, args, kwargs = REAL_WORLD[name]
+    right = fbp.check_vjp(saving_inputs(fn, bwd(False)), *args, **kwargs)
+    assert right.ok, str(right)
+    wrong = fbp.check_vjp(saving_inputs(fn, bwd(True)), *args, **kwargs)
+    assert not wrong.ok, str(wrong)
+    if kwargs.get("rule") != "surrogate":           # against JAX's own derivative
+        want = jax.grad(lambda *a: jnp.sum(fn(*a)))(*args)
+        got = jax.grad(lambda *a: jnp.sum(saving_inputs(fn, bwd(False))(*a)))(*args)
+        for w, g in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got),
+                        strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
