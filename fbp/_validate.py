@@ -209,8 +209,8 @@ def labels_within(y, name: str, class_counts) -> None:
     for n_classes in sorted(class_counts):
         if lo < 0 or hi >= n_classes:
             raise ValueError(
-                f"{name} holds integer class labels in [{lo}, {hi}], but the loss's "
-                f"softmax_cross_entropy has {n_classes} classes: labels must lie in "
+                f"{name} holds integer class labels in [{lo}, {hi}], but a cross-entropy in "
+                f"the loss has {n_classes} classes: labels must lie in "
                 f"[0, {n_classes}). (Inside the compiled program the loss sees no label "
                 f"values; a label outside the range would make its loss and gradient NaN.)"
             )

@@ -188,3 +188,23 @@ def test_equal_mask_counts_per_micro_batch_equal_the_full_batch_gradient():
         warnings.simplefilter("error")
         accumulate_grads(jax.value_and_grad(softmax_loss), params, x, y % 3, 2)
         fit(softmax_loss, params, (x, y % 3), SGD, 1, micro_batches=2)
+
+
+# ── linear_cross_entropy's labels are checked by fit like softmax_cross_entropy's ──
+
+def _lm_loss(params, h, y):
+    return fbp.linear_cross_entropy(h @ params["P"], params["W"], y, block_size=3)
+
+
+@pytest.mark.parametrize("bad", [5, -1])
+def test_fit_refuses_a_label_outside_linear_cross_entropys_vocabulary(bad):
+    """Inside fit's compiled loop the labels are traced: a label ≥ V made the loss NaN with no
+    error (the op noted no class count for fit to check against)."""
+    k1, k2 = jax.random.split(jax.random.key(1))
+    params = {"P": jax.random.normal(k1, (4, 4)), "W": jax.random.normal(k2, (5, 4))}
+    h, y = jax.random.normal(k2, (8, 4)), jnp.arange(8) % 5
+    with pytest.raises(ValueError, match=rf"y \(data\[1\]\) holds integer class labels in "
+                                         rf"\[{min(bad, 0)}, {max(bad, 4)}\].*5 classes"):
+        fit(_lm_loss, params, (h, y.at[2].set(bad)), SGD, 2)
+    result = fit(_lm_loss, params, (h, y), SGD, 2)
+    assert bool(jnp.all(jnp.isfinite(result.losses)))

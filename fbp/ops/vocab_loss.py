@@ -28,8 +28,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from fbp._validate import (
+    class_labels,
     float_array,
-    indices_in_range,
     integer_array,
     positive_int,
     same_dtype,
@@ -381,6 +381,6 @@ def _validate(h, W, labels, block_size, where, method):
         if mask.shape != labels.shape:
             raise ValueError(f"where must have the shape of labels {labels.shape}; got "
                              f"{mask.shape}.")
-    indices_in_range(labels, "labels", W.shape[0], where=where, unit="classes")
+    class_labels(labels, "labels", W.shape[0], where=where)   # fit checks traced labels too
     return h, W, labels, mask, min(block_size, W.shape[0])
 
