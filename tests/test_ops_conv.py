@@ -265,6 +265,34 @@ def test_max_pool_ignores_padding():
     np.testing.assert_array_equal(y, -5.0 * np.ones((2, 2, 1)))
 
 
+def _argmax_pool(x, k, s, pad):
+    """Plain jnp: every (k, k) window of the −∞-padded x stacked, then the element at
+    jnp.argmax (the first maximum, a NaN counting as the largest) picked by take_along_axis,
+    so jax.grad sends each window's ḡ to exactly that element."""
+    xp = jnp.pad(x, ((pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
+    ho, wo = (xp.shape[0] - k) // s + 1, (xp.shape[1] - k) // s + 1
+    p = jnp.stack([xp[a:a + (ho - 1) * s + 1:s, b:b + (wo - 1) * s + 1:s]
+                   for a in range(k) for b in range(k)], axis=2)       # (ho, wo, k·k, C)
+    return jnp.take_along_axis(p, jnp.argmax(p, axis=2)[:, :, None], axis=2)[:, :, 0]
+
+
+@pytest.mark.parametrize("k, s, pad", [(2, 2, 0), (3, 1, 1), (2, 1, 0)])
+def test_max_pool_propagates_nan_and_routes_its_gradient_to_the_first_nan(k, s, pad):
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(5, 5, 2)))
+    x = x.at[0, 1, 0].set(jnp.nan).at[3, 3, 0].set(jnp.nan).at[2, 2, 1].set(jnp.nan)
+    f = lambda x: fbp.max_pool2d(x, k, stride=s, padding=pad)          # noqa: E731
+    y_ref = ref_max_pool2d(x[None], k, s, ((pad, pad), (pad, pad)))[0]  # lax.reduce_window
+    assert np.isnan(y_ref).any()
+    y, vjp = jax.vjp(f, x)                                              # the rule's forward
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(f(x), y_ref)
+    g = jnp.asarray(np.random.default_rng(2).normal(size=y.shape))
+    x_bar_ref = jax.grad(lambda x: jnp.sum(_argmax_pool(x, k, s, pad) * g))(x)
+    x_bar = vjp(g)[0]
+    np.testing.assert_array_equal(x_bar == 0, x_bar_ref == 0)           # where ḡ went: exact
+    np.testing.assert_allclose(x_bar, x_bar_ref, rtol=1e-14)            # sums: up to rounding
+
+
 def test_avg_pool_divides_by_the_valid_count():
     x = jnp.ones((3, 3, 1), F64)
     np.testing.assert_array_equal(fbp.avg_pool2d(x, 2, stride=2, padding="SAME"),

@@ -35,14 +35,16 @@ def _geometry(x, window, stride, padding, op: str):
 # ── max_pool2d: the gradient goes to the first maximum of each window ──
 
 def _window_max(x, window, stride, pads):
-    """(max, offset of the first max in row-major window order) of every window."""
+    """(max, offset of the first max in row-major window order) of every window; a NaN is
+    larger than everything (as in ``lax.max`` and ``np.argmax``), so it is never hidden."""
     hw = win.out_hw(x.shape[1:3], window, stride, pads)
     xp = win.pad_hw(x, pads, -jnp.inf)
     slices = win.window_slices(xp, window, stride, hw)
     best = next(slices)
     arg = jnp.zeros(best.shape, jnp.uint8 if window[0] * window[1] <= 256 else jnp.int32)
     for k, s in enumerate(slices, start=1):
-        later = s > best                      # strictly greater: a tie keeps the earlier offset
+        # strictly greater: a tie keeps the earlier offset; the first NaN wins and stays
+        later = (s > best) | (jnp.isnan(s) & ~jnp.isnan(best))
         best = jnp.where(later, s, best)
         arg = jnp.where(later, jnp.asarray(k, arg.dtype), arg)
     return best, arg
@@ -81,6 +83,9 @@ def max_pool2d(x, window, *, stride=None, padding="VALID"):
     and its tests hold it to.  (At a tie max is not differentiable; JAX's autodiff of
     ``lax.reduce_window`` may split or place it differently.)  An element that is the chosen
     maximum of several overlapping windows collects all their ḡ.
+    NaN: a window holding a NaN has y = NaN (as ``lax.reduce_window``'s max and ``jnp.max``),
+    and its ḡ goes to the window's FIRST NaN: NaN counts as larger than every number, as in
+    ``np.argmax``.  (JAX's autodiff of reduce_window sends it to a position of its own choice.)
     Saves:    the offset a·kw + b of each window's maximum (uint8 for windows up to 256
               elements): one byte per output, where autodiff of reduce_window keeps x.
     Forward mode: ``fbp.transposed(fbp.max_pool2d)`` (the JVP as the transpose of this rule).
