@@ -208,6 +208,22 @@ def test_forward_mode_by_transposition_equals_jvp_of_the_scan(kind):
         np.testing.assert_allclose(y_dot, y_dot_ref, rtol=1e-11, atol=1e-13)
 
 
+@pytest.mark.parametrize("op", OPS, ids=repr)
+def test_forward_over_reverse_equals_the_plain_scan(op):
+    """jax.jvp of jax.grad (what jax.hessian runs) through the rule, against the plain scan."""
+    args = op.make(jax.random.PRNGKey(0), (2,), 3)
+    g = _proof.cotangent(jax.random.PRNGKey(1), op.f(*args))
+    leaves, treedef = jax.tree.flatten(args)
+    tangents = jax.tree.unflatten(treedef, [_proof.cotangent(jax.random.PRNGKey(2 + i), a)
+                                            for i, a in enumerate(leaves)])
+
+    def hvp(fn):
+        loss = lambda *a: jnp.sum(g * jnp.sin(fn(*a)))               # noqa: E731
+        return jax.jvp(jax.grad(loss, tuple(range(len(args)))), args, tangents)
+
+    assert _proof.rel_err(hvp(op.f), hvp(op.ref)) <= TIGHT
+
+
 def test_init():
     key = jax.random.PRNGKey(0)
     p = fbp.init_rnn(key, 3, 5, F64)
