@@ -57,6 +57,10 @@ def unbroadcast(t, like):
 
 
 def _cast(t, like):
+    """``t`` in ``like``'s dtype; a complex ``t`` for a real ``like`` keeps its real part (the
+    transpose of x ↦ x + 0i)."""
+    if jnp.iscomplexobj(t) and not jnp.iscomplexobj(like):
+        t = jnp.real(t)
     return t.astype(jnp.result_type(like))
 
 
@@ -129,6 +133,8 @@ def _erf(g, out, x):
 
 @rule("abs")
 def _abs(g, out, x):
+    if jnp.iscomplexobj(x):                 # d|z| = Re(z̄ dz) / |z|: x̄ = ḡ z̄ / |z| (0 at z = 0)
+        return (g * jnp.conj(x) / jnp.where(out == 0, 1, out),)
     return (g * jnp.sign(x),)
 
 
