@@ -44,3 +44,34 @@ def test_complex_abs_jvp_equals_jax_jvp():
     parts = (Z.real, Z.imag)
     v = (jnp.array([0.3, -1.0, 2.0, 0.5]), jnp.array([1.0, 0.25, -1.0, 2.0]))
     _close(autodiff.jvp(_abs_of_parts, parts, v), jax.jvp(_abs_of_parts, parts, v))
+
+
+# ── kinks: the derivative jax.grad takes where there is none ──
+
+_clamp3 = lambda lo, x, hi: jax.lax.clamp(lo, x, hi)
+KINKS = [  # (name, f, arguments); each is differentiated in every argument
+    ("abs-at-0", jnp.abs, (0.0,)),
+    ("abs-at-minus-0", jnp.abs, (-0.0,)),
+    ("clip-at-lower", lambda x: jnp.clip(x, 0.0, 1.0), (0.0,)),
+    ("clip-at-upper", lambda x: jnp.clip(x, 0.0, 1.0), (1.0,)),
+    ("maximum-tie", jnp.maximum, (1.0, 1.0)),
+    ("minimum-tie", jnp.minimum, (1.0, 1.0)),
+    ("max-reduction-tie", lambda x: jnp.max(x), (jnp.array([1.0, 1.0, 0.0]),)),
+    ("clamp-at-lower", _clamp3, (0.0, 0.0, 1.0)),
+    ("clamp-at-upper", _clamp3, (0.0, 1.0, 1.0)),
+    ("clamp-inside", _clamp3, (0.0, 0.5, 1.0)),
+    ("clamp-below", _clamp3, (0.0, -1.0, 1.0)),
+    ("clamp-above", _clamp3, (0.0, 2.0, 1.0)),
+    ("clamp-empty-range", _clamp3, (1.0, 0.5, 0.0)),
+    ("clamp-vector-at-bounds", lambda x: jax.lax.clamp(0.0, x, 1.0).sum(),
+     (jnp.array([-1.0, 0.0, 0.5, 1.0, 2.0]),)),
+]
+
+
+@pytest.mark.parametrize("f, args", [k[1:] for k in KINKS], ids=[k[0] for k in KINKS])
+def test_kinks_take_jax_grads_convention(f, args):
+    args = tuple(jnp.asarray(a, F64) for a in args)
+    nums = tuple(range(len(args)))
+    _close(autodiff.grad(f, nums)(*args), jax.grad(f, nums)(*args))
+    ones = tuple(jnp.ones_like(a) for a in args)
+    _close(autodiff.jvp(f, args, ones), jax.jvp(f, args, ones))

@@ -135,7 +135,7 @@ def _erf(g, out, x):
 def _abs(g, out, x):
     if jnp.iscomplexobj(x):                 # d|z| = Re(z̄ dz) / |z|: x̄ = ḡ z̄ / |z| (0 at z = 0)
         return (g * jnp.conj(x) / jnp.where(out == 0, 1, out),)
-    return (g * jnp.sign(x),)
+    return (jnp.where(x >= 0, g, -g),)      # |x|' = sign(x), and 1 at the kink (as JAX)
 
 
 @rule("square")
@@ -224,8 +224,10 @@ def _select_n(g, out, which, *cases):
 
 @rule("clamp")
 def _clamp(g, out, lo, x, hi):
-    inside = (x >= lo) & (x <= hi)
-    return (unbroadcast(jnp.where(x < lo, g, 0.0), lo), jnp.where(inside, g, 0.0),
+    # JAX's conventions at the kinks: x gets ḡ strictly between the bounds, a bound only
+    # where x is strictly past it (lo also needs lo < hi); at x = lo or x = hi no one does
+    return (unbroadcast(jnp.where((x < lo) & (lo < hi), g, 0.0), lo),
+            jnp.where((lo < x) & (x < hi), g, 0.0),
             unbroadcast(jnp.where(x > hi, g, 0.0), hi))
 
 
