@@ -75,3 +75,26 @@ def test_kinks_take_jax_grads_convention(f, args):
     _close(autodiff.grad(f, nums)(*args), jax.grad(f, nums)(*args))
     ones = tuple(jnp.ones_like(a) for a in args)
     _close(autodiff.jvp(f, args, ones), jax.jvp(f, args, ones))
+
+
+# ── forward mode through an integer cast: a float0 tangent, as jax.jvp gives ──
+
+INT_CASTS = [
+    ("to-int", lambda x: x.astype(jnp.int32)),
+    ("cast-back-to-float", lambda x: (x.astype(jnp.int32) * 2).astype(F64) + x),
+    ("int-and-float-outputs", lambda x: (jnp.round(x).astype(jnp.int64), jnp.sin(x))),
+    ("constant-int-output", lambda x: (jnp.int32(3), x * x)),
+]
+
+
+@pytest.mark.parametrize("f", [c[1] for c in INT_CASTS], ids=[c[0] for c in INT_CASTS])
+def test_jvp_through_an_integer_cast_gives_float0(f):
+    x, v = (jnp.array([0.4, 1.6, -2.3]),), (jnp.array([1.0, -2.0, 0.5]),)
+    out, t = autodiff.jvp(f, x, v)
+    out_ref, t_ref = jax.jvp(f, x, v)
+    _close(out, out_ref)
+    assert jax.tree.structure(t) == jax.tree.structure(t_ref)
+    for u, w in zip(jax.tree.leaves(t), jax.tree.leaves(t_ref), strict=True):
+        assert (u.dtype, u.shape) == (w.dtype, w.shape)
+        if w.dtype != jax.dtypes.float0:
+            _close(u, w)

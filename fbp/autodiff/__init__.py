@@ -25,7 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fbp.autodiff.engine import UnsupportedPrimitiveError, backward, forward, tangents_forward
+from fbp.autodiff.engine import (
+    UnsupportedPrimitiveError,
+    _tangent_zero,
+    avals_of,
+    backward,
+    forward,
+    tangents_forward,
+)
 from fbp.autodiff.rules import NO_GRADIENT, VJP_RULES
 
 __all__ = ["NO_GRADIENT", "VJP_RULES", "UnsupportedPrimitiveError", "grad", "jvp",
@@ -109,6 +116,7 @@ def jvp(f, primals, tangents):
         raise ValueError(f"tangents must have the structure of primals {in_tree}; got {t_tree}.")
     ts = [t if _is_float(x) else None for x, t in zip(leaves, t_leaves, strict=True)]
     outs, t_outs = tangents_forward(closed.jaxpr, closed.consts, leaves, ts)
-    t_outs = [jnp.zeros_like(o) if t is None else t for o, t in zip(outs, t_outs, strict=True)]
+    t_outs = [_tangent_zero(a) if t is None else t                      # float0 for integers
+              for a, t in zip(avals_of(outs), t_outs, strict=True)]
     return (jax.tree_util.tree_unflatten(out_tree, outs),
             jax.tree_util.tree_unflatten(out_tree, t_outs))

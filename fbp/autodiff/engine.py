@@ -283,8 +283,9 @@ def tangents_forward(jaxpr, consts, args, tangents):
         active = [t is not None for t in ts]
         name = eqn.primitive.name
         t_outs = [None] * len(eqn.outvars)
-        if not any(active) or name in NO_GRADIENT:
-            outs = bind(eqn, xs)
+        if not any(active) or name in NO_GRADIENT or not any(is_float(v.aval)
+                                                                for v in eqn.outvars):
+            outs = bind(eqn, xs)                # (an integer cast: its tangent is zero)
         else:
             check_rule(eqn, k)
             avals = [v.aval for v in eqn.outvars]
