@@ -98,3 +98,29 @@ def test_jvp_through_an_integer_cast_gives_float0(f):
         assert (u.dtype, u.shape) == (w.dtype, w.shape)
         if w.dtype != jax.dtypes.float0:
             _close(u, w)
+
+
+# ── misuse: clear errors before anything runs ──
+
+def test_a_value_leaked_from_another_call_is_a_closure_error():
+    kept = []
+    x = jnp.arange(3.0)
+    autodiff.grad(lambda x: (kept.append(x * 2), x.sum())[1])(x)    # keeps a traced value
+    uses_it = lambda y: (kept[0] * y).sum()
+    for call in (lambda: autodiff.grad(uses_it)(x), lambda: autodiff.vjp(uses_it, x),
+                 lambda: autodiff.jvp(uses_it, (x,), (x,))):
+        with pytest.raises(autodiff.ClosureError, match="kept it.*Return it from that function"):
+            call()
+    # a value of an enclosing trace that is still live is fine (nested grad = jax's)
+    inner = lambda x: autodiff.grad(lambda y: x * y * y)(1.0)
+    _close(autodiff.grad(inner)(2.0), jax.grad(lambda x: jax.grad(lambda y: x * y * y)(1.0))(2.0))
+
+
+@pytest.mark.parametrize("args, where", [(("abc",), r"args\[0\] = 'abc' \(str\) is not an array"),
+                                         (({"w": 1.0, "name": None, "f": print},),
+                                          r"args\[0\]\['f'\] = <built-in .*is not an array")])
+def test_a_non_array_argument_is_named(args, where):
+    with pytest.raises(TypeError, match=where + ".*close over the value"):
+        autodiff.grad(lambda *a: 1.0)(*args)
+    with pytest.raises(TypeError, match=where.replace("args", "primals")):
+        autodiff.jvp(lambda *a: 1.0, args, args)

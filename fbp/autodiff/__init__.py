@@ -17,9 +17,14 @@ __main__.py ``python -m fbp.autodiff``: the engine on a large plain-jnp network 
 
 It follows the tutorial: §4 the graph is the jaxpr, §3.2 cotangents of a value read twice add,
 §7.1 the backward walk is the δ recursion, §11.2 the tape is the cache, §13 forward mode.
+
+Misuse is a named error: ``UnsupportedPrimitiveError`` (no rule in the table), ``ClosureError``
+(f reads a traced value another call kept), ``TypeError``/``ValueError`` for bad arguments.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -35,16 +40,45 @@ from fbp.autodiff.engine import (
 )
 from fbp.autodiff.rules import NO_GRADIENT, VJP_RULES
 
-__all__ = ["NO_GRADIENT", "VJP_RULES", "UnsupportedPrimitiveError", "grad", "jvp",
-           "trace", "value_and_grad", "vjp"]
+__all__ = ["NO_GRADIENT", "VJP_RULES", "ClosureError", "UnsupportedPrimitiveError", "grad",
+           "jvp", "trace", "value_and_grad", "vjp"]
+
+_ARRAYS = (jax.Array, np.ndarray, np.generic, bool, int, float, complex)
+
+
+class ClosureError(TypeError):
+    """``f`` reads a value traced inside another call, which that call kept instead of returning."""
 
 
 def _is_float(x) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
+def _check_arrays(args, what: str = "args") -> None:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
+        if not isinstance(leaf, _ARRAYS):
+            raise TypeError(
+                f"{what}{jax.tree_util.keystr(path)} = {leaf!r:.60} ({type(leaf).__name__}) is "
+                f"not an array; the engine traces f on arrays (numbers, jnp/np arrays, pytrees "
+                f"of them). Pass an array, or close over the value: "
+                f"fbp.autodiff.grad(lambda x: f(x, value))(x).")
+
+
+@contextlib.contextmanager
+def _closure_errors():
+    """JAX's UnexpectedTracerError (a leaked tracer reached f), said for the engine's user."""
+    try:
+        yield
+    except jax.errors.UnexpectedTracerError as err:
+        raise ClosureError(
+            "f reads a value traced inside another fbp.autodiff (or jax) call, which kept it "
+            "(in a list, a global, an attribute) instead of returning it; outside that call it "
+            "has no value. Return it from that function and pass it to f as an argument.") from err
+
+
 def trace(f, *args):
     """``f``'s jaxpr on flat leaves, with the pytree structures of its arguments and output."""
+    _check_arrays(args)
     leaves, in_tree = jax.tree_util.tree_flatten(args)
     out_tree = []
 
@@ -58,6 +92,7 @@ def trace(f, *args):
     return closed, leaves, in_tree, out_tree[0]
 
 
+@_closure_errors()
 def vjp(f, *args):
     """``(f(*args), vjp_fn)``; ``vjp_fn(ḡ)`` returns the cotangent of each argument.
 
@@ -105,11 +140,13 @@ def grad(f, argnums=0):
     return lambda *args: value_and_grad_f(*args)[1]
 
 
+@_closure_errors()
 def jvp(f, primals, tangents):
     """``(f(*primals), ∂f·tangents)`` by forward mode over the same table (see engine.py)."""
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
         raise TypeError("jvp takes primals and tangents as tuples (as jax.jvp does); got "
                         f"{type(primals).__name__} and {type(tangents).__name__}.")
+    _check_arrays(tuple(primals), "primals")
     closed, leaves, in_tree, out_tree = trace(f, *primals)
     t_leaves, t_tree = jax.tree_util.tree_flatten(tuple(tangents))
     if t_tree != in_tree:
