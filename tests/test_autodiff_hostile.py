@@ -124,3 +124,48 @@ def test_a_non_array_argument_is_named(args, where):
         autodiff.grad(lambda *a: 1.0)(*args)
     with pytest.raises(TypeError, match=where.replace("args", "primals")):
         autodiff.jvp(lambda *a: 1.0, args, args)
+
+
+X3 = jnp.arange(3.0)
+GRAD_MISUSE = [  # (name, call, error, message)
+    ("vector-output", lambda: autodiff.grad(lambda x: x * x)(X3), TypeError,
+     r"float scalar; it returned ShapeDtypeStruct\(shape=\(3,\).*\.sum\(\)"),
+    ("tuple-output", lambda: autodiff.grad(lambda x: (x.sum(), x.sum()))(X3), TypeError,
+     "float scalar; it returned a tuple"),
+    ("dict-output", lambda: autodiff.grad(lambda x: {"loss": x.sum()})(X3), TypeError,
+     "float scalar; it returned a dict"),
+    ("no-output", lambda: autodiff.grad(lambda x: None)(X3), TypeError,
+     "float scalar; it returned a NoneType"),
+    ("integer-argument", lambda: autodiff.grad(lambda n: (n * n).sum().astype(float))(
+        jnp.arange(3)), TypeError, r"args\[0\] has only int64 leaves.*jnp.asarray\(x, float\)"),
+    ("python-int-argument", lambda: autodiff.grad(lambda n: n * 1.5)(3), TypeError,
+     r"args\[0\] has only int64 leaves"),
+    ("argnums-past-the-end", lambda: autodiff.grad(lambda x: x.sum(), 1)(X3), ValueError,
+     "argnums=1 must index f's arguments; f was called with 1"),
+    ("argnums-in-tuple-past-the-end", lambda: autodiff.grad(lambda x: x.sum(), (0, 3))(X3),
+     ValueError, r"argnums=\(0, 3\) must index"),
+    ("no-arguments", lambda: autodiff.grad(lambda: 1.0)(), ValueError, "called with 0"),
+    ("argnums-a-string", lambda: autodiff.grad(lambda x: x.sum(), "x"), TypeError,
+     "argnums must be an int or a non-empty tuple of ints"),
+    ("argnums-a-bool", lambda: autodiff.grad(lambda x: x.sum(), True), TypeError,
+     "argnums must be an int"),
+    ("f-not-callable", lambda: autodiff.grad(X3.sum()), TypeError,
+     r"f must be a function; got ArrayImpl.*not fbp.autodiff.grad\(f\(x\)\)"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", [c[1:] for c in GRAD_MISUSE],
+                         ids=[c[0] for c in GRAD_MISUSE])
+def test_grad_misuse_is_a_clear_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_negative_argnums_and_integer_leaves_beside_floats_work_as_in_jax():
+    f = lambda n, x: (x * n).sum()
+    _close(autodiff.grad(f, -1)(jnp.arange(3), X3), jax.grad(f, -1)(jnp.arange(3), X3))
+    g = lambda p: (p["w"] * p["n"]).sum()
+    p = {"w": X3, "n": jnp.arange(3)}
+    got = autodiff.grad(g)(p)
+    _close(got["w"], jax.grad(g, allow_int=True)(p)["w"])
+    assert got["n"].dtype == jax.dtypes.float0

@@ -119,18 +119,46 @@ def vjp(f, *args):
     return jax.tree_util.tree_unflatten(out_tree, outs), vjp_fn
 
 
+def _argnums(argnums) -> tuple:
+    """``argnums`` as a tuple of ints (jax.grad's convention: an int or a tuple of ints)."""
+    nums = (argnums,) if isinstance(argnums, int) else argnums
+    if (not isinstance(nums, tuple) or not nums
+            or any(isinstance(i, bool) or not isinstance(i, int) for i in nums)):
+        raise TypeError(f"argnums must be an int or a non-empty tuple of ints, as for jax.grad; "
+                        f"got {argnums!r}.")
+    return nums
+
+
 def value_and_grad(f, argnums=0):
     """``f``'s value and its gradient with respect to ``args[argnums]`` (an int or a tuple)."""
+    if not callable(f):
+        raise TypeError(f"f must be a function; got {type(f).__name__}. Write "
+                        f"fbp.autodiff.grad(f)(x), not fbp.autodiff.grad(f(x)).")
+    nums = _argnums(argnums)
+
     def value_and_grad_f(*args):
+        if not all(-len(args) <= i < len(args) for i in nums):
+            raise ValueError(f"argnums={argnums!r} must index f's arguments; f was called with "
+                             f"{len(args)}. Pass the argument to differentiate, or change argnums.")
+        _check_arrays(args)
+        for i in nums:
+            dtypes = sorted({str(jnp.result_type(x)) for x in jax.tree.leaves(args[i])})
+            if dtypes and not any(_is_float(x) for x in jax.tree.leaves(args[i])):
+                raise TypeError(
+                    f"grad differentiates floating-point arguments; args[{i}] has only "
+                    f"{', '.join(dtypes)} leaves. Pass floats (jnp.asarray(x, float)), or use "
+                    f"fbp.autodiff.vjp, which gives integer leaves float0 zeros.")
         value, vjp_fn = vjp(f, *args)
-        if jnp.shape(value) != () or not _is_float(value):
-            raise TypeError(f"grad needs f to return a float scalar; it returned "
-                            f"{jax.ShapeDtypeStruct(jnp.shape(value), jnp.result_type(value))}."
-                            f" Use fbp.autodiff.vjp for other outputs.")
+        if not isinstance(value, _ARRAYS) or jnp.shape(value) != () or not _is_float(value):
+            got = (jax.ShapeDtypeStruct(jnp.shape(value), jnp.result_type(value))
+                   if isinstance(value, _ARRAYS) else f"a {type(value).__name__}")
+            raise TypeError(f"grad needs f to return a float scalar; it returned {got}. Return "
+                            f"the loss alone (reduced with .sum() or .mean()), or use "
+                            f"fbp.autodiff.vjp for other outputs.")
         bars = vjp_fn(jnp.ones((), jnp.result_type(value)))        # the seed ∂L/∂L = 1
         if isinstance(argnums, int):
             return value, bars[argnums]
-        return value, tuple(bars[i] for i in argnums)
+        return value, tuple(bars[i] for i in nums)
     return value_and_grad_f
 
 
