@@ -169,3 +169,26 @@ def test_negative_argnums_and_integer_leaves_beside_floats_work_as_in_jax():
     got = autodiff.grad(g)(p)
     _close(got["w"], jax.grad(g, allow_int=True)(p)["w"])
     assert got["n"].dtype == jax.dtypes.float0
+
+
+def test_a_cotangent_or_tangent_of_the_wrong_shape_is_named():
+    _, vjp_fn = autodiff.vjp(lambda x: {"y": x * 2}, X3)
+    with pytest.raises(ValueError, match=r"cotangent\['y'\] is ShapeDtypeStruct\(shape=\(4,\)"
+                       r".*shape of the value it pairs with.*shape=\(3,\)"):
+        vjp_fn({"y": jnp.ones(4)})
+    with pytest.raises(ValueError, match=r"tangents\[0\] is ShapeDtypeStruct\(shape=\(4,\)"):
+        autodiff.jvp(lambda x: x * 2, (X3,), (jnp.ones(4),))
+    with pytest.raises(ValueError, match=r"tangents\[0\] is str"):
+        autodiff.jvp(lambda x: x * 2, (X3,), ("abc",))
+
+
+def test_tangents_and_cotangents_take_their_values_dtype():
+    """A float32 tangent for a float64 primal (or a Python number) is cast, as vjp_fn casts."""
+    f = lambda x: jnp.sin(x) * x
+    v = jnp.array([1.0, -2.0, 0.5])
+    out, t = autodiff.jvp(f, (X3,), (v.astype(jnp.float32),))
+    _close((out, t), jax.jvp(f, (X3,), (v,)))
+    assert t.dtype == F64
+    _close(autodiff.jvp(jnp.sin, (jnp.float64(0.3),), (1.0,)),
+           jax.jvp(jnp.sin, (jnp.float64(0.3),), (jnp.float64(1.0),)))
+    _close(autodiff.vjp(f, X3)[1](v.astype(jnp.float32)), jax.vjp(f, X3)[1](v))

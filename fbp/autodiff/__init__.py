@@ -64,6 +64,21 @@ def _check_arrays(args, what: str = "args") -> None:
                 f"fbp.autodiff.grad(lambda x: f(x, value))(x).")
 
 
+def _conform(tree, likes, what: str) -> list:
+    """The leaves of ``tree`` (cotangents, tangents) in the dtypes of the float values ``likes``
+    they pair with, None for integer ones; a leaf of another shape is an error."""
+    out = []
+    for (path, v), like in zip(jax.tree_util.tree_flatten_with_path(tree)[0], likes,
+                               strict=True):
+        want = jax.ShapeDtypeStruct(jnp.shape(like), jnp.result_type(like))
+        if not isinstance(v, _ARRAYS) or jnp.shape(v) != want.shape:
+            got = avals_of([v])[0] if isinstance(v, _ARRAYS) else type(v).__name__
+            raise ValueError(f"{what}{jax.tree_util.keystr(path)} is {got}; it must have the "
+                             f"shape of the value it pairs with, {want}.")
+        out.append(jnp.asarray(v, want.dtype) if _is_float(like) else None)
+    return out
+
+
 @contextlib.contextmanager
 def _closure_errors():
     """JAX's UnexpectedTracerError (a leaked tracer reached f), said for the engine's user."""
@@ -104,12 +119,11 @@ def vjp(f, *args):
     outs, _, tape = forward(closed.jaxpr, closed.consts, leaves, active)
 
     def vjp_fn(g):
-        g_leaves, g_tree = jax.tree_util.tree_flatten(g)
+        g_tree = jax.tree_util.tree_structure(g)
         if g_tree != out_tree:
             raise ValueError(f"vjp_fn's cotangent must have the output's structure {out_tree}; "
                              f"got {g_tree}.")
-        g_leaves = [jnp.asarray(c, jnp.result_type(o)) for c, o in zip(g_leaves, outs,
-                                                                        strict=True)]
+        g_leaves = _conform(g, outs, "vjp_fn's cotangent")
         bars = backward(closed.jaxpr, tape, g_leaves)
         bars = [np.zeros(jnp.shape(x), jax.dtypes.float0) if not a
                 else jnp.zeros_like(x) if b is None else b
@@ -176,10 +190,10 @@ def jvp(f, primals, tangents):
                         f"{type(primals).__name__} and {type(tangents).__name__}.")
     _check_arrays(tuple(primals), "primals")
     closed, leaves, in_tree, out_tree = trace(f, *primals)
-    t_leaves, t_tree = jax.tree_util.tree_flatten(tuple(tangents))
+    t_tree = jax.tree_util.tree_structure(tuple(tangents))
     if t_tree != in_tree:
         raise ValueError(f"tangents must have the structure of primals {in_tree}; got {t_tree}.")
-    ts = [t if _is_float(x) else None for x, t in zip(leaves, t_leaves, strict=True)]
+    ts = _conform(tuple(tangents), leaves, "tangents")
     outs, t_outs = tangents_forward(closed.jaxpr, closed.consts, leaves, ts)
     t_outs = [_tangent_zero(a) if t is None else t                      # float0 for integers
               for a, t in zip(avals_of(outs), t_outs, strict=True)]
