@@ -6,6 +6,11 @@ against the error a learner should see.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +19,7 @@ import pytest
 from fbp import autodiff
 
 F64 = jnp.float64
+_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 Z = jnp.array([3 + 4j, 1 - 2j, 0j, -0.5 + 0.25j])
 
 
@@ -192,3 +198,12 @@ def test_tangents_and_cotangents_take_their_values_dtype():
     _close(autodiff.jvp(jnp.sin, (jnp.float64(0.3),), (1.0,)),
            jax.jvp(jnp.sin, (jnp.float64(0.3),), (jnp.float64(1.0),)))
     _close(autodiff.vjp(f, X3)[1](v.astype(jnp.float32)), jax.vjp(f, X3)[1](v))
+
+
+@pytest.mark.parametrize("flag, value", [("--layers", "-1"), ("--layers", "0"),
+                                         ("--width", "0"), ("--width", "2.5")])
+def test_command_line_refuses_sizes_below_one(flag, value):
+    done = subprocess.run([sys.executable, "-m", "fbp.autodiff", flag, value],
+                          capture_output=True, text=True, timeout=120, env=_ENV)
+    assert done.returncode == 2, done.stderr
+    assert f"argument {flag}: must be a whole number of at least 1; got '{value}'" in done.stderr

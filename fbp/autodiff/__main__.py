@@ -41,10 +41,21 @@ def count_equations(jaxpr) -> int:
     return total
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int ≥ 1 (a net needs a layer and a feature)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1; got {text!r}")
+    return n
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=48)
-    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--layers", type=positive_int, default=48)
+    parser.add_argument("--width", type=positive_int, default=256)
     args = parser.parse_args(argv)
     with jax.enable_x64(True):
         keys = jax.random.split(jax.random.PRNGKey(0), args.layers + 2)
