@@ -81,22 +81,27 @@ def _tree_vdot(a, b):
     return sum(terms[1:], terms[0]) if terms else jnp.zeros(())
 
 
+def _held_static(args):
+    """The array leaves of ``args`` and ``rebuild``, which puts ``args`` back together from
+    them with every other leaf (ints, strings, flags, Python floats) held as it is."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    arr = [isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves]
+
+    def rebuild(dyn):
+        it = iter(dyn)
+        return treedef.unflatten([next(it) if a else x for x, a in zip(leaves, arr, strict=True)])
+
+    return [x for x, a in zip(leaves, arr, strict=True) if a], rebuild
+
+
 def _jit_call(fn, *args, compiler_options=None):
     """``fn(*args)`` under one ``jax.jit``: array leaves traced, anything else held static.
 
     Tracing the held-fixed arguments too keeps value checks in ``f`` (label ranges and the
     like, which only run on concrete values) out of the way of the perturbed evaluations.
     """
-    leaves, treedef = jax.tree_util.tree_flatten(args)
-    arr = [isinstance(x, (jax.Array, np.ndarray, np.generic)) for x in leaves]
-
-    def run(dyn):
-        it = iter(dyn)
-        return fn(*treedef.unflatten([next(it) if a else x
-                                      for x, a in zip(leaves, arr, strict=True)]))
-
-    dyn = [x for x, a in zip(leaves, arr, strict=True) if a]
-    return jax.jit(run, compiler_options=compiler_options)(dyn)
+    dyn, rebuild = _held_static(args)
+    return jax.jit(lambda dyn: fn(*rebuild(dyn)), compiler_options=compiler_options)(dyn)
 
 
 def numerical_vjp(f, args, cotangent, eps: float | None = None, order: int = 4,
@@ -213,7 +218,8 @@ def numerical_grad(f, *args, argnums=0, eps: float | None = None, order: int = 4
             f"differentiates floating arguments only (integer ones get None). Point argnums at "
             f"a floating argument, or cast it, e.g. jnp.asarray(args[{nums[0]}], jnp.float64).")
 
-    value = jax.eval_shape(f, *args)
+    dyn, rebuild = _held_static(args)                  # strings and flags stay Python values
+    value = jax.eval_shape(lambda dyn: f(*rebuild(dyn)), dyn)
     if getattr(value, "shape", None) != ():
         raise ValueError(f"f must return a scalar for numerical_grad; got {value}. "
                          "For a vector output use numerical_vjp with a cotangent.")
