@@ -115,7 +115,7 @@ def _valid_counts(in_hw, window, stride, pads) -> np.ndarray:
 
 
 def _window_mean(x, window, stride, pads):
-    total = lax.reduce_window(win.pad_hw(x, pads), jnp.zeros((), x.dtype), lax.add,
+    total = lax.reduce_window(win.pad_hw(x, pads), np.zeros((), x.dtype), lax.add,
                               (1, *window, 1), (1, *stride, 1), "VALID")
     return total / _valid_counts(x.shape[1:3], window, stride, pads)[None].astype(x.dtype)
 
